@@ -1,0 +1,88 @@
+"""The project's own compiler and devnet binaries, installed by `npm ci`.
+
+Nothing here downloads anything: solcjs and anvil come from `node_modules`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from medmeter.errors import ToolchainError
+from medmeter.workspace import Workspace
+
+SOLC_DRIVER = Path("tools") / "solc-standard-json.cjs"
+ANVIL_NATIVE = Path("@foundry-rs") / "anvil-linux-amd64" / "bin" / "anvil"
+ANVIL_WRAPPER = Path(".bin") / "anvil"
+SOLCX_BINARY_PATH_ENV = "SOLCX_BINARY_PATH"
+
+
+def node_executable() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise ToolchainError("node is not on PATH: install Node.js 20 and run `make install`.")
+    return node
+
+
+def solc_driver(workspace: Workspace) -> Path:
+    driver = workspace.root / SOLC_DRIVER
+    if not (workspace.node_modules / "solc" / "package.json").is_file():
+        raise ToolchainError(
+            f"solcjs is not installed under {workspace.node_modules}: run `npm ci` (or `make install`)."
+        )
+    return driver
+
+
+def solc_version(workspace: Workspace) -> str:
+    """Full solcjs version, e.g. `0.8.28+commit.7893614a.Emscripten.clang`."""
+    out = subprocess.run(
+        [node_executable(), str(solc_driver(workspace)), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise ToolchainError(f"solcjs failed to report its version: {out.stderr.strip()}; run `npm ci`.")
+    return out.stdout.strip().splitlines()[-1].removeprefix("Version: ")
+
+
+def anvil_executable(workspace: Workspace) -> Path:
+    """The native anvil binary from npm (preferred, so signals reach anvil itself)."""
+    for candidate in (workspace.node_modules / ANVIL_NATIVE, workspace.node_modules / ANVIL_WRAPPER):
+        if candidate.exists():
+            return candidate
+    raise ToolchainError(f"anvil is not installed under {workspace.node_modules}: run `npm ci` (or `make install`).")
+
+
+def solcx_binary_dir() -> Path:
+    """The folder py-solc-x (and so brownie) searches for `solc-v<version>` executables."""
+    if env := os.environ.get(SOLCX_BINARY_PATH_ENV):
+        return Path(env)
+    return Path.home() / ".solcx"
+
+
+def install_solcx_shim(workspace: Workspace, target_dir: Path | None = None) -> Path:
+    """Install `solc-v<version>` for py-solc-x: a shell script that answers `--version`
+    without loading the compiler (brownie asks several times per compile) and hands
+    everything else to the Node front end."""
+    full_version = solc_version(workspace)
+    base_version = full_version.split("+", 1)[0]
+    folder = target_dir or solcx_binary_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / f"solc-v{base_version}"
+    driver = solc_driver(workspace).resolve()
+    shim.write_text(
+        "#!/bin/sh\n"
+        "# Installed by `medmeter toolchain install`: solcjs from the medmeter project's node_modules.\n"
+        'if [ "$1" = "--version" ]; then\n'
+        "  echo 'solc, the solidity compiler commandline interface'\n"
+        f"  echo 'Version: {full_version}'\n"
+        "  exit 0\n"
+        "fi\n"
+        f'exec "{node_executable()}" "{driver}" "$@"\n'
+    )
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return shim
