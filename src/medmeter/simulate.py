@@ -1,0 +1,104 @@
+"""Reproducible synthetic traffic: for a seed, the same interactions every time.
+
+Each interaction starts as a synthetic FHIR bundle, is summarized on the "institution's
+machine" (hash, category, count) and signed with that institution's own key. The
+simulator keeps a shadow of every position so that it only generates debits the
+credit line allows: every generated interaction is valid when relayed in order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from eth_account.signers.local import LocalAccount
+
+from medmeter.categories import CATEGORIES, Category
+from medmeter.health_info import summarize_fhir_bundle
+from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, SignedInteraction, sign_interaction
+from medmeter.synthetic import synthetic_bundle
+
+KIND_WEIGHTS = {Kind.SYNC: 0.45, Kind.FETCH: 0.25, Kind.EXCHANGE: 0.30}
+MAX_RECORDS = 20
+DEADLINE_SECONDS = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class SimulatedInstitution:
+    address: str
+    signer: LocalAccount
+    credit_line: int
+    balance: int = 0
+    debt: int = 0
+    first_nonce: int = 0
+
+
+@dataclass(frozen=True)
+class Tariff:
+    rates: dict[int, tuple[int, int]]  # category -> (sync, fetch) units per record
+    fee_bps: int
+
+
+def simulate(
+    institutions: Sequence[SimulatedInstitution],
+    tariff: Tariff,
+    domain: Domain,
+    count: int,
+    seed: int,
+    now: int,
+    *,
+    validate_fhir: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[SignedInteraction]:
+    if len(institutions) < 2:
+        raise ValueError("simulation needs at least two institutions for exchanges")
+    rng = random.Random(seed)
+    position = {i.address: i.balance - i.debt for i in institutions}
+    nonce = {i.address: i.first_nonce for i in institutions}
+    categories: list[Category] = [c for c in CATEGORIES if c.id in tariff.rates]
+    kinds, weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
+    out: list[SignedInteraction] = []
+    while len(out) < count:
+        actor = rng.choice(institutions)
+        kind = rng.choices(kinds, weights)[0]
+        category = rng.choice(categories)
+        records = rng.randint(1, MAX_RECORDS)
+        sync_rate, fetch_rate = tariff.rates[category.id]
+        counterparty = ZERO_ADDRESS
+        if kind is Kind.SYNC:
+            position[actor.address] += records * sync_rate
+        else:
+            units = records * fetch_rate
+            if position[actor.address] - units < -actor.credit_line:
+                kind, units = Kind.SYNC, 0  # the clinic delivers instead, as a real one would have to
+                position[actor.address] += records * sync_rate
+            else:
+                position[actor.address] -= units
+            if kind is Kind.EXCHANGE:
+                provider = rng.choice([i for i in institutions if i.address != actor.address])
+                counterparty = provider.address
+                position[provider.address] += units - units * tariff.fee_bps // 10_000
+        payload = synthetic_bundle(rng, category, records)
+        if validate_fhir:
+            summary = summarize_fhir_bundle(payload, f"synthetic bundle {len(out)}", category.id)
+            data_hash, records = summary.data_hash, summary.records
+        else:
+            from medmeter.health_info import content_hash
+
+            data_hash = content_hash(payload)
+        interaction = Interaction(
+            kind=kind,
+            institution=actor.address,
+            counterparty=counterparty,
+            category=category.id,
+            records=records,
+            data_hash=data_hash,
+            nonce=nonce[actor.address],
+            deadline=now + DEADLINE_SECONDS,
+        )
+        nonce[actor.address] += 1
+        out.append(sign_interaction(interaction, domain, actor.signer))
+        if progress:
+            progress(1)
+    return out
