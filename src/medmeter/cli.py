@@ -74,7 +74,9 @@ def toolchain() -> None:
 
 
 @toolchain.command("install")
-@click.option("--dir", "target", type=click.Path(file_okay=False, path_type=Path), help="Default: $SOLCX_BINARY_PATH or ~/.solcx.")
+@click.option(
+    "--dir", "target", type=click.Path(file_okay=False, path_type=Path), help="Default: $SOLCX_BINARY_PATH or ~/.solcx."
+)
 @click.pass_context
 def toolchain_install(ctx: click.Context, target: Path | None) -> None:
     """Install solc-v<version> for py-solc-x and `brownie compile` (no download: it runs solcjs)."""
@@ -93,7 +95,9 @@ def compile_cmd(ctx: click.Context, force: bool) -> None:
 
     workspace = _session(ctx).workspace
     artifact = compile_ledger(workspace, use_cache=not force)
-    click.echo(f"{artifact.contract_name}: {len(artifact.deployed_bytecode) // 2 - 1} bytes -> {artifact_path(workspace)}")
+    click.echo(
+        f"{artifact.contract_name}: {len(artifact.deployed_bytecode) // 2 - 1} bytes -> {artifact_path(workspace)}"
+    )
 
 
 # ---------------------------------------------------------------------------------- devnet
@@ -123,7 +127,9 @@ def devnet_down(ctx: click.Context) -> None:
     from medmeter import devnet as devnet_mod
 
     info = devnet_mod.down(_session(ctx).workspace)
-    click.echo(f"stopped anvil (pid {info.pid}); state kept in {info.state_file}" if info else "the devnet was not running")
+    click.echo(
+        f"stopped anvil (pid {info.pid}); state kept in {info.state_file}" if info else "the devnet was not running"
+    )
 
 
 @devnet.command("status")
@@ -196,7 +202,9 @@ def institution() -> None:
 @click.argument("wallet")
 @click.option("--code", required=True, help="The institution's official code (at most 32 bytes).")
 @click.option("--name", "display_name", required=True, help="Display name (an organisation, never a person).")
-@click.option("--credit-line", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="Units it may owe.")
+@click.option(
+    "--credit-line", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="Units it may owe."
+)
 @click.pass_context
 def institution_register(ctx: click.Context, wallet: str, code: str, display_name: str, credit_line: int) -> None:
     """Register the institution whose keystore is WALLET (created if missing) or whose address is WALLET."""
@@ -281,8 +289,16 @@ def tariff_show(ctx: click.Context) -> None:
 
 @tariff.command("set")
 @click.argument("category")
-@click.option("--sync", "sync_units", type=click.IntRange(0, 2**64 - 1), required=True, help="Units per record on sync.")
-@click.option("--fetch", "fetch_units", type=click.IntRange(0, 2**64 - 1), required=True, help="Units per record on fetch/exchange.")
+@click.option(
+    "--sync", "sync_units", type=click.IntRange(0, 2**64 - 1), required=True, help="Units per record on sync."
+)
+@click.option(
+    "--fetch",
+    "fetch_units",
+    type=click.IntRange(0, 2**64 - 1),
+    required=True,
+    help="Units per record on fetch/exchange.",
+)
 @click.pass_context
 def tariff_set(ctx: click.Context, category: str, sync_units: int, fetch_units: int) -> None:
     """Set the rates of CATEGORY (a name such as laboratory, or an id)."""
@@ -325,8 +341,20 @@ def tariff_default(ctx: click.Context) -> None:
 @click.option("--any-file", is_flag=True, help="PAYLOAD is not a FHIR bundle: give --category and --records.")
 @click.option("--records", type=int, help="Record count, with --any-file.")
 @click.option("--nonce", type=click.IntRange(0, 2**256 - 1), help="Default: the next one from the nonce book.")
-@click.option("--valid-for", type=click.IntRange(60), default=7 * 24 * 3600, show_default=True, help="Seconds until the signature expires.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON-lines file to append to.")
+@click.option(
+    "--valid-for",
+    type=click.IntRange(60),
+    default=7 * 24 * 3600,
+    show_default=True,
+    help="Seconds until the signature expires.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON-lines file to append to.",
+)
 @click.pass_context
 def sign(
     ctx: click.Context,
@@ -371,13 +399,18 @@ def sign(
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as handle:
         handle.writelines(iter_json_lines([signed]))
-    click.echo(f"signed {kind} of {summary.records} record(s), category {summary.category}, nonce {interaction.nonce} -> {output}")
+    click.echo(
+        f"signed {kind} of {summary.records} record(s), category {summary.category}, "
+        f"nonce {interaction.nonce} -> {output}"
+    )
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(1, 500), default=100, show_default=True)
-@click.option("--rejected", type=click.Path(dir_okay=False, path_type=Path), help="Write refused items here (JSON lines).")
+@click.option(
+    "--rejected", type=click.Path(dir_okay=False, path_type=Path), help="Write refused items here (JSON lines)."
+)
 @click.pass_context
 def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected: Path | None) -> None:
     """Record signed interactions from FILES in batches (platform side).
@@ -396,7 +429,9 @@ def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected
         report = relay_items(ledger, items, batch_size=batch_size, progress=progress)
     elapsed = time.perf_counter() - started
     for rejection in report.rejected:
-        click.echo(f"item {rejection.index} (nonce {rejection.item.interaction.nonce}) refused: {rejection.reason}", err=True)
+        click.echo(
+            f"item {rejection.index} (nonce {rejection.item.interaction.nonce}) refused: {rejection.reason}", err=True
+        )
     if rejected and report.rejected:
         write_atomic(rejected, "".join(iter_json_lines(r.item for r in report.rejected)))
     click.echo(

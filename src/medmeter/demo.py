@@ -60,7 +60,10 @@ def run_demo(
     traffic_file = workspace.state_dir / "demo-interactions.jsonl"
     write_atomic(traffic_file, "".join(iter_json_lines(items)))
     by_kind = {k.name.lower(): sum(1 for i in items if i.interaction.kind is k) for k in Kind}
-    echo(f"[5/8] signed {len(items)} interactions {by_kind} from synthetic FHIR bundles in {sign_seconds:.1f} s -> {traffic_file}")
+    echo(
+        f"[5/8] signed {len(items)} interactions {by_kind} from synthetic FHIR bundles in {sign_seconds:.1f} s "
+        f"-> {traffic_file}"
+    )
 
     started = time.perf_counter()
     with progress(len(items), "relay") as bar:
@@ -86,4 +89,7 @@ def run_demo(
     echo(format_balances(rows))
     if not all(row.reconciles for row in rows):
         raise MedmeterError("events and contract state disagree: see the rows marked NO.")
-    echo(f"\nthe ledger stays up: {session.rpc_url}  (deployment: {workspace.deployments_dir / f'{deployment.chain_id}.json'})")
+    echo(
+        f"\nthe ledger stays up: {session.rpc_url}  "
+        f"(deployment: {workspace.deployments_dir / f'{deployment.chain_id}.json'})"
+    )

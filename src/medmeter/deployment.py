@@ -57,8 +57,15 @@ def deploy(workspace: Workspace, w3: Web3, transactor: Transactor, artifact: Art
         abi=artifact.abi,
         source_hash=artifact.source_hash,
     )
-    write_json_atomic(deployment_path(workspace, deployment.chain_id), deployment.to_json())
+    record_deployment(workspace, deployment)
     return deployment
+
+
+def record_deployment(workspace: Workspace, deployment: Deployment) -> Path:
+    """Write `deployments/<chain-id>.json` (used by every later command)."""
+    path = deployment_path(workspace, deployment.chain_id)
+    write_json_atomic(path, deployment.to_json())
+    return path
 
 
 def load_deployment(workspace: Workspace, w3: Web3, path: Path | None = None) -> Deployment:
@@ -82,7 +89,9 @@ def load_deployment(workspace: Workspace, w3: Web3, path: Path | None = None) ->
             source_hash=str(data.get("source_hash", "")),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DeploymentError(f"{path} is not a medmeter deployment file ({exc}): redeploy with `medmeter deploy`.") from None
+        raise DeploymentError(
+            f"{path} is not a medmeter deployment file ({exc}): redeploy with `medmeter deploy`."
+        ) from None
     if deployment.chain_id != chain_id:
         raise DeploymentError(
             f"{path} is for chain {deployment.chain_id} but the node is chain {chain_id}: use the right --rpc-url."

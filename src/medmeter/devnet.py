@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,8 @@ STOP_TIMEOUT_SECONDS = 60
 # Anvil dumps its state on a clean exit; the interval bounds what a SIGKILL can lose.
 STATE_INTERVAL_SECONDS = 2
 BLOCK_GAS_LIMIT = 60_000_000
-PREFERRED_PORT = 8545
+# Not 8545: brownie attaches to whatever listens there and would run its tests on our ledger.
+PREFERRED_PORT = 8600
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,5 @@ def down(workspace: Workspace) -> DevnetInfo | None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

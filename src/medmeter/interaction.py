@@ -234,7 +234,9 @@ def read_signed(path: Path) -> list[SignedInteraction]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_number}: not valid JSON ({exc.msg}); fix or remove that line.") from None
+                raise InputError(
+                    f"{path}:{line_number}: not valid JSON ({exc.msg}); fix or remove that line."
+                ) from None
             items.append(parse_signed(record, f"{path}:{line_number}"))
     return items
 

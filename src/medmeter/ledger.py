@@ -125,7 +125,9 @@ class Ledger:
     def record_batch_fn(self, batch: list[SignedInteraction]) -> Any:
         return self.contract.functions.recordBatch([item.as_contract_arg() for item in batch])
 
-    def simulate_batch(self, batch: list[SignedInteraction], block: BlockIdentifier = "pending") -> LedgerRevertError | None:
+    def simulate_batch(
+        self, batch: list[SignedInteraction], block: BlockIdentifier = "pending"
+    ) -> LedgerRevertError | None:
         """Dry-run `recordBatch` with eth_call; the decoded refusal, or None if it would succeed."""
         sender = self.transactor.address if self.transactor else None
         try:
@@ -138,7 +140,9 @@ class Ledger:
 
     def institutions(self, block: BlockIdentifier = "latest") -> list[InstitutionInfo]:
         count = self.call(self.contract.functions.institutionCount(), block)
-        return [self.institution(self.call(self.contract.functions.institutionAt(i), block), block) for i in range(count)]
+        return [
+            self.institution(self.call(self.contract.functions.institutionAt(i), block), block) for i in range(count)
+        ]
 
     def institution(self, address: str, block: BlockIdentifier = "latest") -> InstitutionInfo:
         code, name, signer, status, credit_line = self.call(self.contract.functions.institution(address), block)

@@ -82,9 +82,14 @@ class ErrorDecoder:
         if spec is None:
             return None
         values = decode(list(spec.arg_types), raw[4:])
-        args = {name: _readable(name, typ, value) for name, typ, value in zip(spec.arg_names, spec.arg_types, values, strict=True)}
+        args = {
+            name: _readable(name, typ, value)
+            for name, typ, value in zip(spec.arg_names, spec.arg_types, values, strict=True)
+        }
         advice = ADVICE.get(spec.name, "see the contract's NatSpec for this error.")
-        return LedgerRevertError(spec.name, args, f"{spec.name}: {advice.format(**{k: str(v) for k, v in args.items()})}")
+        return LedgerRevertError(
+            spec.name, args, f"{spec.name}: {advice.format(**{k: str(v) for k, v in args.items()})}"
+        )
 
     def from_exception(self, exc: Exception) -> LedgerRevertError:
         data = getattr(exc, "data", None)

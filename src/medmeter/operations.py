@@ -94,7 +94,9 @@ def simulate_traffic(
             )
         )
     now = int(session.w3.eth.get_block("latest")["timestamp"])
-    items = simulate(participants, tariff, ledger.domain, count, seed, now, progress=progress, validate_fhir=validate_fhir)
+    items = simulate(
+        participants, tariff, ledger.domain, count, seed, now, progress=progress, validate_fhir=validate_fhir
+    )
     for participant in participants:
         used = sum(1 for item in items if item.interaction.institution == participant.address)
         session.nonce_book.reserve(participant.address, used)

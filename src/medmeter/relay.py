@@ -107,7 +107,9 @@ def relay(
             report.already_recorded.append(index)
         elif key in seen:
             report.rejected.append(
-                Rejection(index, item, f"duplicate of input item {seen[key]} (same institution and nonce).", "Duplicate")
+                Rejection(
+                    index, item, f"duplicate of input item {seen[key]} (same institution and nonce).", "Duplicate"
+                )
             )
         else:
             seen[key] = index

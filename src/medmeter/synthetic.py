@@ -45,7 +45,11 @@ def _resource(resource_type: str, rng: random.Random, patient_ref: str) -> dict[
     elif resource_type == "Condition":
         resource |= {"code": {"text": "synthetic condition"}, "subject": subject}
     elif resource_type == "DocumentReference":
-        resource |= {"status": "current", "content": [{"attachment": {"contentType": "text/plain"}}], "subject": subject}
+        resource |= {
+            "status": "current",
+            "content": [{"attachment": {"contentType": "text/plain"}}],
+            "subject": subject,
+        }
     return resource
 
 

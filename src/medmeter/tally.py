@@ -50,7 +50,7 @@ class BalanceRow:
 
     @property
     def reconciles(self) -> bool:
-        """balance − debt from the contract equals credits − debits from events."""
+        """balance - debt from the contract equals credits - debits from events."""
         return self.position.balance - self.position.debt == self.tally.net
 
 

@@ -93,7 +93,7 @@ class KeystoreDirectory:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise WalletError(f"keystore {path} is not valid JSON ({exc.msg}): restore it from a backup.") from None
-        if not isinstance(data, dict) or "crypto" not in data and "Crypto" not in data:
+        if not isinstance(data, dict) or ("crypto" not in data and "Crypto" not in data):
             raise WalletError(f"{path} is not an Ethereum keystore: restore it from a backup.")
         return data
 

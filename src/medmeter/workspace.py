@@ -34,8 +34,7 @@ class Workspace:
         if (checkout / "contracts" / "MeteringLedger.sol").is_file():
             return cls(checkout)
         raise ToolchainError(
-            f"no medmeter project found from {here}: run medmeter inside the project folder "
-            f"or set {ROOT_ENV} to it."
+            f"no medmeter project found from {here}: run medmeter inside the project folder or set {ROOT_ENV} to it."
         )
 
     @property

@@ -1,0 +1,48 @@
+# medmeter: `make demo` runs the main job, `make test` the whole test suite.
+# Both install what they need first (a venv and node_modules), from the registries only.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+SITE := $(VENV)/lib/python3.11/site-packages
+export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+export PROJECT_ROOT := $(CURDIR)
+# Demo-only default so the main job runs unattended; set your own for real keystores.
+export MEDMETER_KEYSTORE_PASSWORD ?= medmeter-demo-only
+
+.PHONY: install demo test lint bench bench-quick clean
+
+install: $(VENV)/.installed node_modules/.installed $(HOME)/.solcx/.medmeter-shim
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@# brownie reads ${PROJECT_ROOT} in brownie-config.yaml; make it known to every venv process.
+	echo "import os; os.environ.setdefault('PROJECT_ROOT', '$(CURDIR)')" > $(SITE)/medmeter-project-root.pth
+	touch $@
+
+node_modules/.installed: package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	@# brownie launches `anvil` from PATH; the venv's bin is on PATH once activated.
+	ln -sf $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil $(BIN)/anvil
+	touch $@
+
+$(HOME)/.solcx/.medmeter-shim: $(VENV)/.installed node_modules/.installed
+	$(BIN)/medmeter toolchain install
+	touch $@
+
+demo: install
+	$(BIN)/medmeter demo
+
+test: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/pytest -p no:pytest-brownie -n 2 tests
+	$(BIN)/brownie compile
+	$(BIN)/brownie test
+
+clean:
+	-$(BIN)/medmeter devnet down
+	rm -rf .medmeter build reports deployments

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real anvil from node_modules on a free port, and freshly deployed ledgers.
+
+The suite runs with brownie's pytest plugin disabled (see pyproject addopts); the brownie
+tests under tests/brownie run through `brownie test` instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from medmeter.chain import connect
+from medmeter.compiler import Artifact, compile_ledger
+from medmeter.devnet import free_port, rpc_ready
+from medmeter.toolchain import anvil_executable
+from medmeter.workspace import Workspace
+from tests.helpers import LedgerEnv, deploy_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if "brownie" in collection_path.parts and collection_path.is_relative_to(REPO_ROOT / "tests" / "brownie"):
+        return not config.pluginmanager.hasplugin("pytest-brownie")
+    return None
+
+
+@pytest.fixture(scope="session")
+def workspace() -> Workspace:
+    return Workspace(REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def artifact(workspace: Workspace) -> Artifact:
+    return compile_ledger(workspace)
+
+
+def start_anvil(workspace: Workspace, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port(0)
+    process = subprocess.Popen(
+        [
+            str(anvil_executable(workspace)),
+            "--port",
+            str(port),
+            "--silent",
+            "--accounts",
+            "1",
+            "--gas-limit",
+            "60000000",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    from medmeter.chain import wait_until
+
+    if not wait_until(lambda: rpc_ready(url), 30):
+        process.kill()
+        raise RuntimeError("anvil did not start")
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def anvil(workspace: Workspace) -> Iterator[str]:
+    process, url = start_anvil(workspace)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def w3(anvil: str) -> Web3:
+    return connect(anvil)
+
+
+@pytest.fixture
+def env(w3: Web3, artifact: Artifact) -> LedgerEnv:
+    """A fresh ledger with default tariff and three active institutions (credit line 1,000)."""
+    return deploy_env(w3, artifact)
+
+
+@pytest.fixture
+def fresh_account() -> Account:
+    return Account.create()
