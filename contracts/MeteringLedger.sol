@@ -5,6 +5,7 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Metadata.sol";
 
@@ -89,6 +90,16 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         uint64 periodStartBlock;
     }
 
+    /// @dev Institutions whose balance the current call changed, with their balance before it,
+    /// so that one net `Transfer` per institution is emitted at the end of the call. An
+    /// open-addressing table in memory, kept at most half full: a lookup is one or two probes
+    /// where a linear scan cost about 1,700 gas per interaction in a batch of 100.
+    struct Touched {
+        address[] accounts; // length: a power of two
+        uint256[] balancesBefore;
+        uint256 count;
+    }
+
     struct PeriodRange {
         uint64 fromBlock;
         uint64 toBlock;
@@ -114,6 +125,11 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
     uint32 public constant MAX_RECORDS_PER_INTERACTION = 1_000_000;
     /// @notice Largest batch `recordBatch` accepts, to stay well inside a block.
     uint256 public constant MAX_BATCH_SIZE = 500;
+    /// @dev Slots of the per-call table of touched institutions for a batch (a power of two); it is
+    /// flushed when half full, so at most 32 distinct institutions wait for their net Transfer.
+    uint256 private constant BATCH_TOUCHED_SLOTS = 64;
+    /// @dev A single interaction touches at most two institutions.
+    uint256 private constant SINGLE_TOUCHED_SLOTS = 4;
     /// @notice Identifies this contract to tooling that checks a deployment.
     bytes32 public constant LEDGER_ID = keccak256("medmeter.MeteringLedger.v1");
 
@@ -335,22 +351,29 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
      * @dev Reverts with the custom error naming the first failed check.
      */
     function recordInteraction(SignedInteraction calldata signed) external onlyRole(RELAYER_ROLE) whenNotPaused {
-        Config memory config = _config;
-        _record(signed, config);
+        Touched memory touched = _newTouched(SINGLE_TOUCHED_SLOTS);
+        _record(signed, _config.platformFeeBps, touched);
+        _settleTransfers(touched);
     }
 
     /**
      * @notice Records a batch of signed interactions, all or nothing, in order.
      * @dev Security considerations: a single invalid item reverts the whole batch with
      * that item's error. Relayers pre-check items with `eth_call` (see `medmeter relay`).
+     *
+     * Note: ERC-20 `Transfer` events are emitted once per institution per call, for the net
+     * units minted to or burned from it by the whole batch (see `_settleTransfers`);
+     * `InteractionRecorded` is emitted for every interaction.
      */
     function recordBatch(SignedInteraction[] calldata batch) external onlyRole(RELAYER_ROLE) whenNotPaused {
         uint256 size = batch.length;
         if (size == 0 || size > MAX_BATCH_SIZE) revert BatchSizeOutOfRange(size, MAX_BATCH_SIZE);
-        Config memory config = _config;
+        uint256 feeBps = _config.platformFeeBps;
+        Touched memory touched = _newTouched(BATCH_TOUCHED_SLOTS);
         for (uint256 i; i < size; ++i) {
-            _record(batch[i], config);
+            _record(batch[i], feeBps, touched);
         }
+        _settleTransfers(touched);
     }
 
     /// @notice Stops all recording. Registry, tariff and settlement stay usable.
@@ -479,6 +502,41 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         return _settlementRoots[period];
     }
 
+    /// @notice One institution's settlement row for a period: the leaf of the period's settlement tree.
+    /// @dev Counts are numbers of interactions; `exchangeInCount` counts exchanges in which the institution
+    /// provided the data, `exchangeOutCount` those in which it consumed data. `credited`, `debited`,
+    /// `closingBalance` and `closingDebt` are units; the closing values are the state at the period's `toBlock`.
+    struct SettlementRow {
+        uint256 period;
+        address institution;
+        uint256 credited;
+        uint256 debited;
+        uint256 closingBalance;
+        uint256 closingDebt;
+        uint256 syncCount;
+        uint256 fetchCount;
+        uint256 exchangeInCount;
+        uint256 exchangeOutCount;
+    }
+
+    /**
+     * @notice Whether `row` is part of the settlement anchored for `row.period`, so that an institution
+     * can check its statement against the chain without trusting the analyst who produced it.
+     * @dev The leaf is `keccak256(bytes.concat(keccak256(abi.encode(row))))`, where `abi.encode(row)` equals
+     * `abi.encode(period, institution, credited, debited, closingBalance, closingDebt, syncCount, fetchCount,
+     * exchangeInCount, exchangeOutCount)` (all fields are static): the leaf encoding of OpenZeppelin's
+     * StandardMerkleTree, whose sorted-pair proofs `MerkleProof` checks.
+     * @param row The settlement row as written in the institution's statement.
+     * @param proof Sibling hashes from the leaf up to the root.
+     * @return True if the period's root is anchored and `proof` proves `row` against it; false otherwise.
+     */
+    function verifySettlementRow(SettlementRow calldata row, bytes32[] calldata proof) external view returns (bool) {
+        bytes32 root = _settlementRoots[row.period];
+        if (root == bytes32(0)) return false;
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(row))));
+        return MerkleProof.verifyCalldata(proof, root, leaf);
+    }
+
     /// @notice The EIP-712 digest the contract checks for `interaction`.
     function interactionDigest(Interaction calldata interaction) external view returns (bytes32) {
         return _hashTypedDataV4(_structHash(interaction));
@@ -543,7 +601,7 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
                                 INTERNAL
     //////////////////////////////////////////////////////////////*/
 
-    function _record(SignedInteraction calldata signed, Config memory config) private {
+    function _record(SignedInteraction calldata signed, uint256 feeBps, Touched memory touched) private {
         Interaction calldata it = signed.interaction;
         uint8 kind = it.kind;
         address account = it.institution;
@@ -580,43 +638,55 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         uint256 fee;
         if (kind == KIND_SYNC) {
             units = uint256(records) * rate.syncUnitsPerRecord;
-            _credit(account, units);
+            _credit(account, units, touched);
         } else {
             units = uint256(records) * rate.fetchUnitsPerRecord;
-            _debit(account, units, profile.creditLine);
+            _debit(account, units, profile.creditLine, touched);
             if (kind == KIND_EXCHANGE) {
                 InstitutionStatus providerStatus = _profiles[counterparty].status;
                 if (providerStatus != InstitutionStatus.Active) {
                     if (providerStatus == InstitutionStatus.None) revert InstitutionNotRegistered(counterparty);
                     revert InstitutionNotActive(counterparty, providerStatus);
                 }
-                fee = units * config.platformFeeBps / BPS_DENOMINATOR;
-                _credit(counterparty, units - fee);
+                fee = units * feeBps / BPS_DENOMINATOR;
+                _credit(counterparty, units - fee, touched);
             }
         }
         _emitRecorded(it, units, fee);
     }
 
+    /// @dev Encodes straight from calldata into scratch memory that is not kept: Solidity's encoder
+    /// allocates fresh memory per event, which costs quadratically more over a batch. Every field was
+    /// already validated by the Solidity reads in `_record`. Layout of the static `Interaction` in
+    /// calldata: kind 0x00, institution 0x20, counterparty 0x40, category 0x60, records 0x80,
+    /// dataHash 0xa0, nonce 0xc0, deadline 0xe0.
     function _emitRecorded(Interaction calldata it, uint256 units, uint256 fee) private {
-        emit InteractionRecorded(
-            it.institution, it.counterparty, it.kind, it.category, it.records, units, fee, it.dataHash, it.nonce
-        );
+        bytes32 topic = InteractionRecorded.selector;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, calldataload(it))
+            mstore(add(ptr, 0x20), calldataload(add(it, 0x60)))
+            mstore(add(ptr, 0x40), calldataload(add(it, 0x80)))
+            mstore(add(ptr, 0x60), units)
+            mstore(add(ptr, 0x80), fee)
+            mstore(add(ptr, 0xa0), calldataload(add(it, 0xa0)))
+            mstore(add(ptr, 0xc0), calldataload(add(it, 0xc0)))
+            log3(ptr, 0xe0, topic, calldataload(add(it, 0x20)), calldataload(add(it, 0x40)))
+        }
     }
 
-    function _structHash(Interaction calldata it) private pure returns (bytes32) {
-        return keccak256(
-            abi.encode(
-                INTERACTION_TYPEHASH,
-                it.kind,
-                it.institution,
-                it.counterparty,
-                it.category,
-                it.records,
-                it.dataHash,
-                it.nonce,
-                it.deadline
-            )
-        );
+    /// @dev EIP-712 `hashStruct`: keccak256(typeHash || the eight 32-byte fields as laid out in calldata),
+    /// which is exactly `abi.encode(INTERACTION_TYPEHASH, it...)` without allocating memory. Dirty
+    /// (non-canonical) field encodings hash differently from what any wallet signs, so they fail
+    /// the signer check.
+    function _structHash(Interaction calldata it) private pure returns (bytes32 result) {
+        bytes32 typehash = INTERACTION_TYPEHASH;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typehash)
+            calldatacopy(add(ptr, 0x20), it, 0x100)
+            result := keccak256(ptr, 0x120)
+        }
     }
 
     function _useNonce(address account, uint256 nonce) private {
@@ -628,34 +698,76 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
     }
 
     /// @dev Repays debt first, then mints the rest.
-    function _credit(address account, uint256 units) private {
+    function _credit(address account, uint256 units, Touched memory touched) private {
         Position memory position = _positions[account];
+        _touch(touched, account, position.balance);
         uint256 repaid = units < position.debt ? units : position.debt;
-        uint256 minted = units - repaid;
         position.debt -= uint128(repaid);
-        position.balance += uint128(minted);
+        position.balance += uint128(units - repaid);
         _positions[account] = position;
-        if (minted != 0) {
-            _totalSupply += minted;
-            emit Transfer(address(0), account, minted);
-        }
     }
 
     /// @dev Burns from the balance, then draws the shortfall on the credit line.
-    function _debit(address account, uint256 units, uint256 creditLine) private {
+    function _debit(address account, uint256 units, uint256 creditLine, Touched memory touched) private {
         Position memory position = _positions[account];
         uint256 burned = units < position.balance ? units : position.balance;
         uint256 newDebt = position.debt + (units - burned);
         if (newDebt > creditLine) {
             revert CreditLineExceeded(account, position.balance, position.debt, creditLine, units);
         }
+        _touch(touched, account, position.balance);
         position.balance -= uint128(burned);
         position.debt = uint128(newDebt);
         _positions[account] = position;
-        if (burned != 0) {
-            _totalSupply -= burned;
-            emit Transfer(account, address(0), burned);
+    }
+
+    function _newTouched(uint256 slots) private pure returns (Touched memory) {
+        return Touched(new address[](slots), new uint256[](slots), 0);
+    }
+
+    /// @dev Remembers `account`'s balance before this call first changed it.
+    function _touch(Touched memory touched, address account, uint256 balanceBefore) private {
+        address[] memory accounts = touched.accounts;
+        uint256 mask = accounts.length - 1;
+        uint256 slot = uint256(uint160(account)) & mask;
+        while (true) {
+            address occupant = accounts[slot];
+            if (occupant == account) return;
+            if (occupant == address(0)) break;
+            slot = (slot + 1) & mask;
         }
+        if (2 * touched.count == accounts.length) {
+            _settleTransfers(touched);
+            slot = uint256(uint160(account)) & mask;
+        }
+        accounts[slot] = account;
+        touched.balancesBefore[slot] = balanceBefore;
+        ++touched.count;
+    }
+
+    /// @dev Emits one `Transfer` per touched institution for its net mint or burn, and moves
+    /// `totalSupply` by the same net amount, so ERC-20 readers see balances change exactly as
+    /// `balanceOf` does.
+    function _settleTransfers(Touched memory touched) private {
+        if (touched.count == 0) return;
+        uint256 supply = _totalSupply;
+        address[] memory accounts = touched.accounts;
+        for (uint256 slot; slot < accounts.length; ++slot) {
+            address account = accounts[slot];
+            if (account == address(0)) continue;
+            uint256 before = touched.balancesBefore[slot];
+            uint256 balance = _positions[account].balance;
+            if (balance > before) {
+                supply += balance - before;
+                emit Transfer(address(0), account, balance - before);
+            } else if (balance < before) {
+                supply -= before - balance;
+                emit Transfer(account, address(0), before - balance);
+            }
+            accounts[slot] = address(0);
+        }
+        _totalSupply = supply;
+        touched.count = 0;
     }
 
     function _requireRegistered(address account) private view returns (Profile storage profile) {

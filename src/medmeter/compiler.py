@@ -41,6 +41,7 @@ def standard_json_input(workspace: Workspace) -> dict[str, Any]:
             "remappings": [f"@openzeppelin/={workspace.node_modules / '@openzeppelin'}/"],
             "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
             "evmVersion": EVM_VERSION,
+            "viaIR": True,
             "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
         },
     }
