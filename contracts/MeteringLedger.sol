@@ -464,6 +464,12 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         return _nonceBitmap[account][nonce >> 8] & (1 << (nonce & 0xff)) != 0;
     }
 
+    /// @notice The 256 nonce bits of `account` starting at nonce `wordIndex * 256` (bit i = nonce used).
+    /// @dev Lets a relayer check thousands of nonces with a handful of calls.
+    function nonceBitmap(address account, uint256 wordIndex) external view returns (uint256) {
+        return _nonceBitmap[account][wordIndex];
+    }
+
     /// @notice Units per record of `category` and whether it is defined.
     function rateOf(uint16 category)
         external

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from eth_abi import encode
 from eth_account.signers.local import LocalAccount
+from eth_utils import function_signature_to_4byte_selector
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError, ContractLogicError
@@ -16,6 +18,20 @@ from medmeter.deployment import Deployment
 from medmeter.errors import InputError, LedgerRevertError
 from medmeter.interaction import Domain, SignedInteraction
 from medmeter.ledger_errors import STATUS_NAMES, ErrorDecoder
+
+INTERACTION_TUPLE = "(uint8,address,address,uint16,uint32,bytes32,uint256,uint64)"
+SIGNED_INTERACTION_ARRAY = f"({INTERACTION_TUPLE},bytes32,bytes32)[]"
+RECORD_BATCH_SELECTOR = function_signature_to_4byte_selector(f"recordBatch({SIGNED_INTERACTION_ARRAY})")
+
+# Upper bounds per call, above the worst case measured (an exchange between two institutions never
+# touched before, opening a fresh nonce word): about 75,000 gas per interaction.
+BATCH_BASE_GAS = 100_000
+GAS_PER_INTERACTION_BOUND = 90_000
+
+
+def batch_gas_limit(size: int) -> int:
+    return BATCH_BASE_GAS + GAS_PER_INTERACTION_BOUND * size
+
 
 ROLES = ("REGISTRAR_ROLE", "TARIFF_ROLE", "RELAYER_ROLE", "SETTLER_ROLE", "PAUSER_ROLE")
 
@@ -125,13 +141,34 @@ class Ledger:
     def record_batch_fn(self, batch: list[SignedInteraction]) -> Any:
         return self.contract.functions.recordBatch([item.as_contract_arg() for item in batch])
 
+    def record_batch_calldata(self, batch: list[SignedInteraction]) -> bytes:
+        """`recordBatch(batch)` calldata, encoded with eth_abi directly (web3's formatter is ~50x slower)."""
+        return RECORD_BATCH_SELECTOR + encode([SIGNED_INTERACTION_ARRAY], [[item.as_contract_arg() for item in batch]])
+
+    def send_batch(self, batch: list[SignedInteraction]) -> str:
+        """Dry-run `recordBatch(batch)` with one eth_call, then send it; raises the decoded refusal.
+
+        The gas limit is a bound, not an estimate: eth_estimateGas re-executes the batch a dozen
+        times in its binary search and was most of the relay's time. Only gas used is paid."""
+        if self.transactor is None:
+            raise InputError("recording needs the relayer's keystore: pass --operator.")
+        data = self.record_batch_calldata(batch)
+        call: dict[str, Any] = {"from": self.transactor.address, "to": self.address, "data": data}
+        try:
+            self.w3.eth.call(call, "pending")  # type: ignore[arg-type]
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise self.errors.from_exception(exc) from exc
+        return self.transactor.send_call(self.address, data, gas=batch_gas_limit(len(batch)))
+
     def simulate_batch(
         self, batch: list[SignedInteraction], block: BlockIdentifier = "pending"
     ) -> LedgerRevertError | None:
         """Dry-run `recordBatch` with eth_call; the decoded refusal, or None if it would succeed."""
-        sender = self.transactor.address if self.transactor else None
+        call: dict[str, Any] = {"to": self.address, "data": self.record_batch_calldata(batch)}
+        if self.transactor:
+            call["from"] = self.transactor.address
         try:
-            self.record_batch_fn(batch).call({"from": sender} if sender else {}, block_identifier=block)
+            self.w3.eth.call(call, block)  # type: ignore[arg-type]
         except (ContractCustomError, ContractLogicError) as exc:
             return self.errors.from_exception(exc)
         return None

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from web3 import Web3
-
 from medmeter.errors import LedgerRevertError
+from medmeter.events import INTERACTION_RECORDED_TOPIC
 from medmeter.interaction import SignedInteraction
 from medmeter.ledger import Ledger
 
@@ -21,9 +20,6 @@ DEFAULT_BATCH_SIZE = 100
 NONCE_QUERY_CHUNK = 500
 # Batches sent before waiting for their receipts; keeps the node busy while we sign the next.
 MAX_IN_FLIGHT = 8
-INTERACTION_RECORDED_TOPIC = Web3.keccak(
-    text="InteractionRecorded(address,address,uint8,uint16,uint32,uint256,uint256,bytes32,uint256)"
-)
 
 
 @dataclass(frozen=True)
@@ -48,17 +44,25 @@ class RelayReport:
 
 
 def find_already_recorded(ledger: Ledger, items: Sequence[SignedInteraction]) -> set[int]:
-    """Indices of items whose (institution, nonce) is used on chain, asked in JSON-RPC batches."""
-    used: set[int] = set()
-    fn = ledger.contract.functions.isNonceUsed
-    for start in range(0, len(items), NONCE_QUERY_CHUNK):
-        chunk = items[start : start + NONCE_QUERY_CHUNK]
+    """Indices of items whose (institution, nonce) is used on chain.
+
+    Reads whole 256-nonce bitmap words, one per (institution, word) in JSON-RPC batches, so a
+    hundred thousand sequential nonces cost a few hundred calls, not one each."""
+    words = sorted({(item.interaction.institution, item.interaction.nonce >> 8) for item in items})
+    bitmap: dict[tuple[str, int], int] = {}
+    fn = ledger.contract.functions.nonceBitmap
+    for start in range(0, len(words), NONCE_QUERY_CHUNK):
+        chunk = words[start : start + NONCE_QUERY_CHUNK]
         with ledger.w3.batch_requests() as batch:
-            for item in chunk:
-                batch.add(fn(item.interaction.institution, item.interaction.nonce))
+            for institution, word in chunk:
+                batch.add(fn(institution, word))
             answers = batch.execute()
-        used.update(start + offset for offset, answer in enumerate(answers) if answer)
-    return used
+        bitmap.update(zip(chunk, (int(answer) for answer in answers), strict=True))
+    return {
+        index
+        for index, item in enumerate(items)
+        if bitmap[(item.interaction.institution, item.interaction.nonce >> 8)] >> (item.interaction.nonce & 0xFF) & 1
+    }
 
 
 def _first_failure(ledger: Ledger, batch: list[SignedInteraction]) -> tuple[int, LedgerRevertError]:
@@ -125,7 +129,7 @@ def relay(
         while indices:
             batch = [items[i] for i in indices]
             try:
-                tx_hash = ledger.transactor.send(ledger.record_batch_fn(batch))
+                tx_hash = ledger.send_batch(batch)
             except LedgerRevertError:
                 failed, error = _first_failure(ledger, batch)
                 report.rejected.append(Rejection(indices[failed], items[indices[failed]], str(error), error.error_name))
@@ -150,17 +154,19 @@ def _settle(
 ) -> None:
     assert ledger.transactor is not None
     for tx_hash, indices in in_flight:
-        receipt = ledger.transactor.wait(tx_hash)
+        receipt = ledger.transactor.wait_raw(tx_hash)
         logged = sum(
             1
             for log in receipt["logs"]
-            if log["address"] == ledger.address and log["topics"] and log["topics"][0] == INTERACTION_RECORDED_TOPIC
+            if log["address"].lower() == ledger.address.lower()
+            and log["topics"]
+            and log["topics"][0] == INTERACTION_RECORDED_TOPIC
         )
         if logged != len(indices):
             raise RuntimeError(f"transaction {tx_hash} logged {logged} interactions for a batch of {len(indices)}")
         report.recorded.extend(indices)
         report.transactions.append(tx_hash)
-        report.gas_used += receipt["gasUsed"]
+        report.gas_used += int(receipt["gasUsed"], 16)
         if progress:
             progress(len(indices))
     in_flight.clear()

@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from medmeter.categories import CATEGORIES, Category
 from medmeter.health_info import summarize_fhir_bundle
-from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, SignedInteraction, sign_interaction
+from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, InteractionSigner, Kind, SignedInteraction
 from medmeter.synthetic import synthetic_bundle
 
 KIND_WEIGHTS = {Kind.SYNC: 0.45, Kind.FETCH: 0.25, Kind.EXCHANGE: 0.30}
@@ -56,6 +56,7 @@ def simulate(
     rng = random.Random(seed)
     position = {i.address: i.balance - i.debt for i in institutions}
     nonce = {i.address: i.first_nonce for i in institutions}
+    signers = {i.address: InteractionSigner(domain, i.signer) for i in institutions}
     categories: list[Category] = [c for c in CATEGORIES if c.id in tariff.rates]
     kinds, weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
     out: list[SignedInteraction] = []
@@ -98,7 +99,7 @@ def simulate(
             deadline=now + DEADLINE_SECONDS,
         )
         nonce[actor.address] += 1
-        out.append(sign_interaction(interaction, domain, actor.signer))
+        out.append(signers[actor.address].sign(interaction))
         if progress:
             progress(1)
     return out
