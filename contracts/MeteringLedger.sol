@@ -2,10 +2,10 @@
 pragma solidity ^0.8.24;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
-import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Metadata.sol";
 
@@ -29,7 +29,7 @@ import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IER
  * history stay with the institution address. No personal health information is ever
  * passed to this contract: only content hashes, category ids and record counts.
  */
-contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
+contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
     /*//////////////////////////////////////////////////////////////
                                  TYPES
     //////////////////////////////////////////////////////////////*/
@@ -82,12 +82,17 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         bool defined;
     }
 
-    /// @dev One storage slot for the ledger-wide configuration.
+    /// @dev One storage slot (16 + 32 + 64 + 64 + 8 + 72 bits) for everything a recording call
+    /// reads or writes ledger-wide, so a single interaction pays for one cold slot, not three.
+    /// The pause flag is kept here rather than in OpenZeppelin's Pausable (its own slot) for that
+    /// reason; its events, errors and `paused()` are the same as Pausable's.
     struct Config {
         uint16 platformFeeBps;
         uint32 tariffVersion;
         uint64 currentPeriod;
         uint64 periodStartBlock;
+        bool paused;
+        uint72 totalSupply;
     }
 
     /// @dev Institutions whose balance the current call changed, with their balance before it,
@@ -123,6 +128,8 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
     uint256 public constant BPS_DENOMINATOR = 10_000;
     /// @notice Largest record count one interaction may carry; larger payloads are split.
     uint32 public constant MAX_RECORDS_PER_INTERACTION = 1_000_000;
+    /// @notice Largest units per record a tariff may set; keeps every total far inside its storage type.
+    uint64 public constant MAX_UNITS_PER_RECORD = 1_000_000_000;
     /// @notice Largest batch `recordBatch` accepts, to stay well inside a block.
     uint256 public constant MAX_BATCH_SIZE = 500;
     /// @dev Slots of the per-call table of touched institutions for a batch (a power of two); it is
@@ -154,7 +161,6 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
 
     mapping(uint16 category => Rate) private _rates;
     Config private _config;
-    uint256 private _totalSupply;
 
     mapping(uint256 period => PeriodRange) private _periods;
     mapping(uint256 period => bytes32) private _settlementRoots;
@@ -193,6 +199,10 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         bytes32 dataHash,
         uint256 nonce
     );
+    /// @notice Recording was paused by `account`.
+    event Paused(address account);
+    /// @notice Recording was resumed by `account`.
+    event Unpaused(address account);
     /// @notice Settlement period `period` was closed; it spans blocks `fromBlock`..`toBlock` inclusive.
     event PeriodClosed(uint256 indexed period, uint256 fromBlock, uint256 toBlock);
     /// @notice The Merkle root of period `period`'s settlement rows was anchored.
@@ -225,6 +235,9 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
     error SettlementAlreadyAnchored(uint256 period, bytes32 root);
     error InvalidSettlementRoot(uint256 period);
     error UnitsNotTransferable();
+    error EnforcedPause();
+    error ExpectedPause();
+    error RateOutOfRange(uint64 unitsPerRecord, uint64 max);
 
     /*//////////////////////////////////////////////////////////////
                               CONSTRUCTOR
@@ -238,7 +251,14 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         _grantRole(RELAYER_ROLE, admin);
         _grantRole(SETTLER_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
-        _config = Config({platformFeeBps: 0, tariffVersion: 0, currentPeriod: 1, periodStartBlock: uint64(block.number)});
+        _config = Config({
+            platformFeeBps: 0,
+            tariffVersion: 0,
+            currentPeriod: 1,
+            periodStartBlock: uint64(block.number),
+            paused: false,
+            totalSupply: 0
+        });
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -328,6 +348,10 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         external
         onlyRole(TARIFF_ROLE)
     {
+        if (syncUnitsPerRecord > MAX_UNITS_PER_RECORD) revert RateOutOfRange(syncUnitsPerRecord, MAX_UNITS_PER_RECORD);
+        if (fetchUnitsPerRecord > MAX_UNITS_PER_RECORD) {
+            revert RateOutOfRange(fetchUnitsPerRecord, MAX_UNITS_PER_RECORD);
+        }
         _rates[category] =
             Rate({syncUnitsPerRecord: syncUnitsPerRecord, fetchUnitsPerRecord: fetchUnitsPerRecord, defined: true});
         uint256 version = ++_config.tariffVersion;
@@ -350,9 +374,10 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
      * @notice Records one signed interaction.
      * @dev Reverts with the custom error naming the first failed check.
      */
-    function recordInteraction(SignedInteraction calldata signed) external onlyRole(RELAYER_ROLE) whenNotPaused {
+    function recordInteraction(SignedInteraction calldata signed) external onlyRole(RELAYER_ROLE) {
+        uint256 feeBps = _requireNotPaused();
         Touched memory touched = _newTouched(SINGLE_TOUCHED_SLOTS);
-        _record(signed, _config.platformFeeBps, touched);
+        _record(signed, feeBps, touched);
         _settleTransfers(touched);
     }
 
@@ -365,11 +390,11 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
      * units minted to or burned from it by the whole batch (see `_settleTransfers`);
      * `InteractionRecorded` is emitted for every interaction.
      */
-    function recordBatch(SignedInteraction[] calldata batch) external onlyRole(RELAYER_ROLE) whenNotPaused {
+    function recordBatch(SignedInteraction[] calldata batch) external onlyRole(RELAYER_ROLE) {
         uint256 size = batch.length;
         if (size == 0 || size > MAX_BATCH_SIZE) revert BatchSizeOutOfRange(size, MAX_BATCH_SIZE);
-        uint256 feeBps = _config.platformFeeBps;
-        Touched memory touched = _newTouched(BATCH_TOUCHED_SLOTS);
+        uint256 feeBps = _requireNotPaused();
+        Touched memory touched = _newTouched(_touchedSlots(size));
         for (uint256 i; i < size; ++i) {
             _record(batch[i], feeBps, touched);
         }
@@ -378,12 +403,21 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
 
     /// @notice Stops all recording. Registry, tariff and settlement stay usable.
     function pause() external onlyRole(PAUSER_ROLE) {
-        _pause();
+        if (_config.paused) revert EnforcedPause();
+        _config.paused = true;
+        emit Paused(msg.sender);
     }
 
     /// @notice Resumes recording.
     function unpause() external onlyRole(PAUSER_ROLE) {
-        _unpause();
+        if (!_config.paused) revert ExpectedPause();
+        _config.paused = false;
+        emit Unpaused(msg.sender);
+    }
+
+    /// @notice Whether recording is paused.
+    function paused() external view returns (bool) {
+        return _config.paused;
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -575,7 +609,7 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
 
     /// @inheritdoc IERC20
     function totalSupply() external view returns (uint256) {
-        return _totalSupply;
+        return _config.totalSupply;
     }
 
     /// @inheritdoc IERC20
@@ -727,6 +761,15 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
         _positions[account] = position;
     }
 
+    /// @dev Table size for a batch: a power of two at least twice the institutions it can touch
+    /// (two per interaction), capped, since zeroing and scanning the table costs gas per slot.
+    function _touchedSlots(uint256 batchSize) private pure returns (uint256 slots) {
+        slots = SINGLE_TOUCHED_SLOTS;
+        while (slots < 4 * batchSize && slots < BATCH_TOUCHED_SLOTS) {
+            slots <<= 1;
+        }
+    }
+
     function _newTouched(uint256 slots) private pure returns (Touched memory) {
         return Touched(new address[](slots), new uint256[](slots), 0);
     }
@@ -756,7 +799,7 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
     /// `balanceOf` does.
     function _settleTransfers(Touched memory touched) private {
         if (touched.count == 0) return;
-        uint256 supply = _totalSupply;
+        uint256 supply = _config.totalSupply;
         address[] memory accounts = touched.accounts;
         for (uint256 slot; slot < accounts.length; ++slot) {
             address account = accounts[slot];
@@ -772,8 +815,15 @@ contract MeteringLedger is AccessControl, Pausable, EIP712, IERC20Metadata {
             }
             accounts[slot] = address(0);
         }
-        _totalSupply = supply;
+        _config.totalSupply = SafeCast.toUint72(supply);
         touched.count = 0;
+    }
+
+    /// @dev Reverts while paused; returns the platform fee, read from the same slot.
+    function _requireNotPaused() private view returns (uint256 feeBps) {
+        Config storage config = _config;
+        if (config.paused) revert EnforcedPause();
+        return config.platformFeeBps;
     }
 
     function _requireRegistered(address account) private view returns (Profile storage profile) {
