@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_signature_to_4byte_selector
 from web3 import Web3
@@ -22,6 +21,33 @@ from medmeter.ledger_errors import STATUS_NAMES, ErrorDecoder
 INTERACTION_TUPLE = "(uint8,address,address,uint16,uint32,bytes32,uint256,uint64)"
 SIGNED_INTERACTION_ARRAY = f"({INTERACTION_TUPLE},bytes32,bytes32)[]"
 RECORD_BATCH_SELECTOR = function_signature_to_4byte_selector(f"recordBatch({SIGNED_INTERACTION_ARRAY})")
+
+def encode_record_batch(batch: list[SignedInteraction]) -> bytes:
+    """`recordBatch` calldata. Every member is static, so the ABI encoding is the selector, the
+    array's offset and length, then 10 words per item; built directly it is ~30x faster than
+    eth_abi's validating encoder (`tests/test_relay_encoding.py` checks they agree byte for byte)."""
+    head = RECORD_BATCH_SELECTOR + (32).to_bytes(32, "big") + len(batch).to_bytes(32, "big")
+    return head + b"".join(_item_words(item) for item in batch)
+
+
+def _item_words(item: SignedInteraction) -> bytes:
+    it = item.interaction
+    r, vs = item.compact_signature()
+    return b"".join(
+        (
+            int(it.kind).to_bytes(32, "big"),
+            bytes.fromhex(it.institution[2:]).rjust(32, b"\0"),
+            bytes.fromhex(it.counterparty[2:]).rjust(32, b"\0"),
+            it.category.to_bytes(32, "big"),
+            it.records.to_bytes(32, "big"),
+            bytes.fromhex(it.data_hash[2:]),
+            it.nonce.to_bytes(32, "big"),
+            it.deadline.to_bytes(32, "big"),
+            r,
+            vs,
+        )
+    )
+
 
 # Upper bounds per call, above the worst case measured (an exchange between two institutions never
 # touched before, opening a fresh nonce word): about 75,000 gas per interaction.
@@ -143,7 +169,7 @@ class Ledger:
 
     def record_batch_calldata(self, batch: list[SignedInteraction]) -> bytes:
         """`recordBatch(batch)` calldata, encoded with eth_abi directly (web3's formatter is ~50x slower)."""
-        return RECORD_BATCH_SELECTOR + encode([SIGNED_INTERACTION_ARRAY], [[item.as_contract_arg() for item in batch]])
+        return encode_record_batch(batch)
 
     def send_batch(self, batch: list[SignedInteraction]) -> str:
         """Dry-run `recordBatch(batch)` with one eth_call, then send it; raises the decoded refusal.

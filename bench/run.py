@@ -1,0 +1,27 @@
+"""`make bench` / `make bench-quick`: run the benchmark and write bench/results.json.
+
+python bench/run.py --sizes 10000,100000,1000000          # the full scaling run
+python bench/run.py --sizes 2000 --naive 100 --out bench/results-quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medmeter.benchmark import run
+from medmeter.workspace import Workspace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="Comma-separated interaction counts.")
+    parser.add_argument("--naive", type=int, default=300, help="Interactions for the naive baseline.")
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="Where to write the results.")
+    args = parser.parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    run(Workspace.locate(), sizes, args.out, print, naive_count=args.naive)
+
+
+if __name__ == "__main__":
+    main()
