@@ -42,6 +42,7 @@ test: install
 	$(BIN)/pytest -p no:pytest-brownie -n 2 tests
 	$(BIN)/brownie compile
 	$(BIN)/brownie test
+	tools/slither.sh
 
 # The full scaling run (10k, 100k, 1M interactions; about 15 minutes on 2 cores).
 bench: install

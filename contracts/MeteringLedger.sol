@@ -130,8 +130,10 @@ contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
     uint32 public constant MAX_RECORDS_PER_INTERACTION = 1_000_000;
     /// @notice Largest units per record a tariff may set; keeps every total far inside its storage type.
     uint64 public constant MAX_UNITS_PER_RECORD = 1_000_000_000;
-    /// @notice Largest batch `recordBatch` accepts, to stay well inside a block.
-    uint256 public constant MAX_BATCH_SIZE = 500;
+    /// @notice Largest batch `recordBatch` accepts: the worst case (exchanges between institutions never
+    /// touched before, each opening a nonce word) is about 89,500 gas an item, and 180 of them stay under
+    /// the 16,777,216 gas a transaction may use (EIP-7825).
+    uint256 public constant MAX_BATCH_SIZE = 180;
     /// @dev Slots of the per-call table of touched institutions for a batch (a power of two); it is
     /// flushed when half full, so at most 32 distinct institutions wait for their net Transfer.
     uint256 private constant BATCH_TOUCHED_SLOTS = 64;
@@ -266,47 +268,47 @@ contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
     //////////////////////////////////////////////////////////////*/
 
     /**
-     * @notice Registers an institution whose account and initial signer is `institution`.
-     * @param institution The institution's wallet; it becomes its permanent account address.
+     * @notice Registers the institution whose permanent account and initial signer is `account`.
+     * @param account The institution's wallet; it becomes its permanent account address.
      * @param code The institution's official code (non-zero, unique).
-     * @param name Display name. Public: never a person's name.
+     * @param displayName Display name. Public: an organisation's name, never a person's.
      * @param creditLine Units the institution may be debited beyond its balance.
      */
-    function registerInstitution(address institution, bytes32 code, string calldata name, uint64 creditLine)
+    function registerInstitution(address account, bytes32 code, string calldata displayName, uint64 creditLine)
         external
         onlyRole(REGISTRAR_ROLE)
     {
-        if (institution == address(0)) revert InvalidInstitutionAddress(institution);
+        if (account == address(0)) revert InvalidInstitutionAddress(account);
         if (code == bytes32(0)) revert InvalidInstitutionCode(code);
-        if (_profiles[institution].status != InstitutionStatus.None) revert InstitutionAlreadyRegistered(institution);
+        if (_profiles[account].status != InstitutionStatus.None) revert InstitutionAlreadyRegistered(account);
         address holder = _institutionByCode[code];
         if (holder != address(0)) revert InstitutionCodeTaken(code, holder);
-        address signerOwner = _institutionBySigner[institution];
-        if (signerOwner != address(0)) revert SignerAlreadyInUse(institution, signerOwner);
+        address signerOwner = _institutionBySigner[account];
+        if (signerOwner != address(0)) revert SignerAlreadyInUse(account, signerOwner);
 
-        _profiles[institution] =
-            Profile({signer: institution, creditLine: creditLine, status: InstitutionStatus.Active});
-        _codes[institution] = code;
-        _names[institution] = name;
-        _institutionByCode[code] = institution;
-        _institutionBySigner[institution] = institution;
-        _institutions.push(institution);
-        emit InstitutionRegistered(institution, code, name, creditLine);
+        _profiles[account] =
+            Profile({signer: account, creditLine: creditLine, status: InstitutionStatus.Active});
+        _codes[account] = code;
+        _names[account] = displayName;
+        _institutionByCode[code] = account;
+        _institutionBySigner[account] = account;
+        _institutions.push(account);
+        emit InstitutionRegistered(account, code, displayName, creditLine);
     }
 
     /**
      * @notice Suspends an institution: its signatures are refused and it cannot be credited.
      * @dev Its balance and debt are frozen, not cleared.
      */
-    function suspendInstitution(address institution) external onlyRole(REGISTRAR_ROLE) {
-        _setStatus(institution, InstitutionStatus.Active, InstitutionStatus.Suspended);
-        emit InstitutionSuspended(institution);
+    function suspendInstitution(address account) external onlyRole(REGISTRAR_ROLE) {
+        _setStatus(account, InstitutionStatus.Active, InstitutionStatus.Suspended);
+        emit InstitutionSuspended(account);
     }
 
     /// @notice Reinstates a suspended institution.
-    function reinstateInstitution(address institution) external onlyRole(REGISTRAR_ROLE) {
-        _setStatus(institution, InstitutionStatus.Suspended, InstitutionStatus.Active);
-        emit InstitutionReinstated(institution);
+    function reinstateInstitution(address account) external onlyRole(REGISTRAR_ROLE) {
+        _setStatus(account, InstitutionStatus.Suspended, InstitutionStatus.Active);
+        emit InstitutionReinstated(account);
     }
 
     /**
@@ -314,25 +316,25 @@ contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
      * @dev Security considerations: interactions signed by the old key but not yet relayed
      * are refused from now on; the institution must sign them again.
      */
-    function rotateSigner(address institution, address newSigner) external onlyRole(REGISTRAR_ROLE) {
-        Profile storage profile = _requireRegistered(institution);
+    function rotateSigner(address account, address newSigner) external onlyRole(REGISTRAR_ROLE) {
+        Profile storage profile = _requireRegistered(account);
         if (newSigner == address(0)) revert InvalidInstitutionAddress(newSigner);
         address owner = _institutionBySigner[newSigner];
         if (owner != address(0)) revert SignerAlreadyInUse(newSigner, owner);
         address previous = profile.signer;
         delete _institutionBySigner[previous];
-        _institutionBySigner[newSigner] = institution;
+        _institutionBySigner[newSigner] = account;
         profile.signer = newSigner;
-        emit SignerRotated(institution, previous, newSigner);
+        emit SignerRotated(account, previous, newSigner);
     }
 
     /// @notice Sets the units an institution may be debited beyond its balance.
     /// @dev Lowering it below the current debt refuses further debits until the debt is repaid.
-    function setCreditLine(address institution, uint64 creditLine) external onlyRole(REGISTRAR_ROLE) {
-        Profile storage profile = _requireRegistered(institution);
+    function setCreditLine(address account, uint64 creditLine) external onlyRole(REGISTRAR_ROLE) {
+        Profile storage profile = _requireRegistered(account);
         uint256 previous = profile.creditLine;
         profile.creditLine = creditLine;
-        emit CreditLineChanged(institution, previous, creditLine);
+        emit CreditLineChanged(account, previous, creditLine);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -444,14 +446,14 @@ contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
      * @notice Anchors the Merkle root of a closed period's settlement rows so that each
      * institution can verify its statement against the chain. Once per period.
      */
-    function anchorSettlement(uint256 period, bytes32 root, uint256 institutionCount) external onlyRole(SETTLER_ROLE) {
+    function anchorSettlement(uint256 period, bytes32 root, uint256 rowCount) external onlyRole(SETTLER_ROLE) {
         uint256 current = _config.currentPeriod;
         if (period == 0 || period >= current) revert PeriodNotClosed(period, current);
         if (root == bytes32(0)) revert InvalidSettlementRoot(period);
         bytes32 existing = _settlementRoots[period];
         if (existing != bytes32(0)) revert SettlementAlreadyAnchored(period, existing);
         _settlementRoots[period] = root;
-        emit SettlementAnchored(period, root, institutionCount);
+        emit SettlementAnchored(period, root, rowCount);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -462,7 +464,7 @@ contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
     function institution(address account)
         external
         view
-        returns (bytes32 code, string memory name, address signer, InstitutionStatus status, uint256 creditLine)
+        returns (bytes32 code, string memory displayName, address signer, InstitutionStatus status, uint256 creditLine)
     {
         Profile memory profile = _profiles[account];
         return (_codes[account], _names[account], profile.signer, profile.status, profile.creditLine);
@@ -675,7 +677,7 @@ contract MeteringLedger is AccessControl, EIP712, IERC20Metadata {
         if (!rate.defined) revert UnknownCategory(it.category);
 
         uint256 units;
-        uint256 fee;
+        uint256 fee = 0; // stays 0 unless the interaction is an exchange
         if (kind == KIND_SYNC) {
             units = uint256(records) * rate.syncUnitsPerRecord;
             _credit(account, units, touched);

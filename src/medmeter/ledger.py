@@ -55,8 +55,12 @@ BATCH_BASE_GAS = 100_000
 GAS_PER_INTERACTION_BOUND = 90_000
 
 
+# EIP-7825: no transaction may ask for more gas than this.
+TRANSACTION_GAS_CAP = 16_777_216
+
+
 def batch_gas_limit(size: int) -> int:
-    return BATCH_BASE_GAS + GAS_PER_INTERACTION_BOUND * size
+    return min(BATCH_BASE_GAS + GAS_PER_INTERACTION_BOUND * size, TRANSACTION_GAS_CAP)
 
 
 ROLES = ("REGISTRAR_ROLE", "TARIFF_ROLE", "RELAYER_ROLE", "SETTLER_ROLE", "PAUSER_ROLE")
