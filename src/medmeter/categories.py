@@ -53,6 +53,8 @@ def parse_category(value: str | int) -> int:
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         category_id = int(value)
         if not 0 < category_id < 2**16:
-            raise InputError(f"category id {category_id} is outside 1..65535.")
+            raise InputError(
+                f"category id {category_id} is outside 1..65535: use a category name or id from `medmeter tariff show`."
+            )
         return category_id
     return category_by_name(value).id

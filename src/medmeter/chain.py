@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -26,8 +26,6 @@ RECEIPT_TIMEOUT_SECONDS = 120
 GAS_HEADROOM = 1.25
 FEE_CACHE_SECONDS = 5.0
 RECEIPT_POLL_SECONDS = 0.01
-
-T = TypeVar("T")
 
 
 def connect(rpc_url: str, *, retries: int = RETRIES, backoff: float = BACKOFF_SECONDS) -> Web3:
@@ -111,17 +109,6 @@ def rpc_failure(exc: BaseException) -> RpcUnavailableError | None:
     return None
 
 
-def rpc_guard(rpc_url: str, action: Callable[[], T]) -> T:
-    """Run `action`, turning a lost connection into an error that says what to do."""
-    try:
-        return action()
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise RpcUnavailableError(
-            f"lost the connection to {rpc_url} after {RETRIES} retries ({type(exc).__name__}): check that the "
-            "node is running (`medmeter devnet status`) and run the command again; nothing was half-recorded."
-        ) from exc
-
-
 @dataclass
 class Transactor:
     """Signs and sends transactions from one local account, keeping its nonce locally so
@@ -158,7 +145,8 @@ class Transactor:
             call["to"] = to
         try:
             if gas is None:
-                gas = int(self.w3.eth.estimate_gas(call) * GAS_HEADROOM)  # type: ignore[arg-type]
+                # "pending": batches still in flight count, as they will when this one is mined.
+                gas = int(self.w3.eth.estimate_gas(call, "pending") * GAS_HEADROOM)  # type: ignore[arg-type]
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._decoded(exc) from exc
         tx = {

@@ -15,10 +15,26 @@ import click
 from medmeter.errors import MedmeterError
 
 EXIT_REJECTED = 3
+# The contract's MAX_BATCH_SIZE: the most interactions one transaction may carry.
+MAX_BATCH_SIZE = 180
 
 
 def _session(ctx: click.Context):  # -> Session
-    return ctx.obj["session"]
+    """Built on first use, so `--help` and bad options need no project and no web3 import."""
+    obj = ctx.ensure_object(dict)
+    if "session" not in obj:
+        from medmeter.session import Session
+        from medmeter.workspace import Workspace
+
+        options = obj.get("options", {})
+        obj["session"] = Session(
+            Workspace.locate(),
+            rpc_url_option=options.get("rpc_url"),
+            operator_name=options.get("operator", "operator"),
+            deployment_file=options.get("deployment"),
+            prompt=lambda text: click.prompt(text, hide_input=True, err=True),
+        )
+    return obj["session"]
 
 
 @contextmanager
@@ -52,17 +68,8 @@ def cli(ctx: click.Context, rpc_url: str | None, operator: str, deployment: Path
 
     Keystore passwords come from MEDMETER_KEYSTORE_PASSWORD or a prompt.
     """
-    from medmeter.session import Session
-    from medmeter.workspace import Workspace
-
     ctx.ensure_object(dict)
-    ctx.obj["session"] = Session(
-        Workspace.locate(),
-        rpc_url_option=rpc_url,
-        operator_name=operator,
-        deployment_file=deployment,
-        prompt=lambda text: click.prompt(text, hide_input=True, err=True),
-    )
+    ctx.obj["options"] = {"rpc_url": rpc_url, "operator": operator, "deployment": deployment}
 
 
 # ---------------------------------------------------------------------------------- toolchain
@@ -109,13 +116,15 @@ def devnet() -> None:
 
 
 @devnet.command("up")
-@click.option("--port", type=int, help="Port to listen on (default: 8545 if free, else any free port).")
+@click.option("--port", type=int, help="Port to listen on (default: 8600 if free, else any free port).")
 @click.pass_context
 def devnet_up(ctx: click.Context, port: int | None) -> None:
     """Start the devnet in the background (or reuse the running one); prints the RPC URL last."""
     from medmeter import devnet as devnet_mod
 
-    info, started = devnet_mod.up(_session(ctx).workspace, port)
+    info, started = devnet_mod.up(
+        _session(ctx).workspace, port, warn=lambda message: click.echo(f"warning: {message}", err=True)
+    )
     click.echo(f"{'started' if started else 'reusing'} anvil (pid {info.pid}), state in {info.state_file}")
     click.echo(info.rpc_url)
 
@@ -407,7 +416,7 @@ def sign(
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--batch-size", type=click.IntRange(1, 500), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=100, show_default=True)
 @click.option(
     "--rejected", type=click.Path(dir_okay=False, path_type=Path), help="Write refused items here (JSON lines)."
 )
@@ -440,6 +449,14 @@ def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected
         f"{report.gas_per_interaction:,.0f} gas per interaction"
     )
     if report.rejected:
+        saved = f" (saved to {rejected})" if rejected else ""
+        others = len(items) - len(report.rejected)
+        on_ledger = f"; the other {others} are on the ledger" if others else ""
+        click.echo(
+            f"error: {len(report.rejected)} of {len(items)} interaction(s) refused{saved}, for the reasons above"
+            f"{on_ledger}. Fix or re-sign the refused ones and relay them again.",
+            err=True,
+        )
         ctx.exit(EXIT_REJECTED)
 
 
@@ -460,6 +477,23 @@ def period_close(ctx: click.Context) -> None:
     ledger.close_period()
     start, end = ledger.period_range(number)
     click.echo(f"closed period {number}: blocks {start}..{end}")
+
+
+@period.command("show")
+@click.argument("number", type=click.IntRange(1))
+@click.pass_context
+def period_show(ctx: click.Context, number: int) -> None:
+    """Print the block range of closed period NUMBER."""
+    ledger = _session(ctx).ledger(as_operator=False)
+    current, start = ledger.current_period()
+    if number >= current:
+        state = f"is still open (since block {start})" if number == current else "does not exist yet"
+        raise MedmeterError(
+            f"period {number} {state}; the open period is {current}: see `medmeter period list`, and close the "
+            "open period with `medmeter period close`."
+        )
+    first, last = ledger.period_range(number)
+    click.echo(f"period {number}: blocks {first}..{last} (closed)")
 
 
 @period.command("list")
@@ -539,13 +573,16 @@ def _registered_wallets(session: Any) -> list[str]:
 @cli.command()
 @click.option("--count", type=click.IntRange(1), default=1000, show_default=True, help="Interactions to simulate.")
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 500), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=100, show_default=True)
 @click.pass_context
 def demo(ctx: click.Context, count: int, seed: int, batch_size: int) -> None:
     """The main job: devnet, deploy, institutions, tariff, signed traffic, relay, period close, tally."""
     from medmeter.demo import run_demo
 
     run_demo(_session(ctx), count=count, seed=seed, batch_size=batch_size, echo=click.echo, progress=_progress)
+
+
+from medmeter import cli_reports  # noqa: E402,F401  (registers report commands)
 
 
 def main() -> None:
@@ -561,6 +598,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except MedmeterError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        from medmeter.chain import rpc_failure
+
+        error = rpc_failure(exc)
+        if error is None:
+            raise
+        click.echo(f"error: {error}", err=True)
         sys.exit(1)
     if isinstance(exit_code, int):
         sys.exit(exit_code)

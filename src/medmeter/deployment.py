@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 from web3 import Web3
+from web3.exceptions import Web3RPCError
 
 from medmeter.chain import Transactor
 from medmeter.compiler import Artifact, compile_ledger
@@ -112,7 +114,9 @@ def verify_ledger(w3: Web3, deployment: Deployment) -> None:
     expected = Web3.keccak(text="medmeter.MeteringLedger.v1")
     try:
         ledger_id = contract.functions.LEDGER_ID().call()
-    except Exception as exc:  # any failure here means "not our contract"
+    except (requests.RequestException, Web3RPCError):
+        raise  # the node failed, not the contract: the CLI says so
+    except Exception as exc:  # any other failure here means "not our contract"
         raise DeploymentError(
             f"the contract at {deployment.address} is not a MeteringLedger ({type(exc).__name__}): check the "
             "deployment file and --rpc-url."

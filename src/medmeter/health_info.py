@@ -16,6 +16,7 @@ from eth_utils import keccak
 from medmeter.categories import category_for_resource, parse_category
 from medmeter.errors import InputError
 
+MAX_RECORDS_FIELD = 2**32 - 1
 # Resources that identify or administer, not clinical records: never counted.
 ADMINISTRATIVE_RESOURCES = frozenset(
     {"Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "Device", "RelatedPerson"}
@@ -74,8 +75,11 @@ def summarize_file(payload: bytes, source: str, category: str | int, records: in
     """Any file: the caller states category and record count."""
     if not payload:
         raise InputError(f"{source} is empty: there is nothing to meter.")
-    if records <= 0:
-        raise InputError(f"record count must be at least 1, got {records}.")
+    if not 0 < records <= MAX_RECORDS_FIELD:
+        raise InputError(
+            f"record count must be 1 to {MAX_RECORDS_FIELD} (the signed field is a uint32), got {records}: "
+            "give the number of records in the payload."
+        )
     return PayloadSummary(content_hash(payload), parse_category(category), records, source)
 
 

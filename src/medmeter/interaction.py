@@ -198,7 +198,10 @@ REQUIRED_FIELDS = (
 def parse_signed(record: Any, where: str) -> SignedInteraction:
     """Validate one decoded JSON object; `where` names it in errors (file:line)."""
     if not isinstance(record, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+        raise InputError(
+            f"{where}: expected a JSON object, got {type(record).__name__}; each line holds one interaction as "
+            "`medmeter sign` writes it."
+        )
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     if missing:
         raise InputError(f"{where}: missing field(s) {', '.join(missing)}; sign the interaction with `medmeter sign`.")
@@ -218,7 +221,12 @@ def parse_signed(record: Any, where: str) -> SignedInteraction:
             verifying_contract=_address(record["verifying_contract"], "verifying_contract"),
         )
         signature = _hex(record["signature"], "signature", 65)
-        signed = SignedInteraction(interaction, domain, signature)
+    except InputError as exc:
+        raise InputError(
+            f"{where}: {str(exc).rstrip('.')}; fix that line, or have the institution sign the interaction again."
+        ) from None
+    signed = SignedInteraction(interaction, domain, signature)
+    try:
         signed.compact_signature()  # refuses a v the contract cannot take
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
@@ -273,7 +281,7 @@ def _hex(value: Any, name: str, length: int | None) -> str:
     except ValueError:
         raise InputError(f"field {name} is not valid hex: {value!r}.") from None
     if length is not None and len(raw) != length:
-        hint = "; it was truncated or corrupted: have the institution sign again" if name == "signature" else ""
+        hint = " (truncated or corrupted)" if name == "signature" else ""
         raise InputError(f"field {name} must be {length} bytes, got {len(raw)}{hint}.")
     return "0x" + raw.hex()
 

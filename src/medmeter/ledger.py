@@ -22,6 +22,7 @@ INTERACTION_TUPLE = "(uint8,address,address,uint16,uint32,bytes32,uint256,uint64
 SIGNED_INTERACTION_ARRAY = f"({INTERACTION_TUPLE},bytes32,bytes32)[]"
 RECORD_BATCH_SELECTOR = function_signature_to_4byte_selector(f"recordBatch({SIGNED_INTERACTION_ARRAY})")
 
+
 def encode_record_batch(batch: list[SignedInteraction]) -> bytes:
     """`recordBatch` calldata. Every member is static, so the ABI encoding is the selector, the
     array's offset and length, then 10 words per item; built directly it is ~30x faster than

@@ -77,9 +77,15 @@ class KeystoreDirectory:
         try:
             key = Account.decrypt(data, self.password(name))
         except ValueError as exc:
+            if "MAC mismatch" not in str(exc):
+                raise WalletError(f"keystore {self.path(name)} is damaged ({exc}): restore it from a backup.") from None
             raise WalletError(
                 f"cannot unlock keystore {self.path(name)}: wrong password ({exc}); set {PASSWORD_ENV} to the "
                 "password it was created with."
+            ) from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise WalletError(
+                f"keystore {self.path(name)} is damaged ({type(exc).__name__}: {exc}): restore it from a backup."
             ) from None
         account: LocalAccount = Account.from_key(key)
         self._unlocked[name] = account

@@ -1,0 +1,272 @@
+"""Export throughput: the numpy fast path against web3's per-log decoding, on a fresh anvil.
+
+    .venv/bin/python bench/export_bench.py -n 100000            # the full run (about 2-4 minutes)
+    .venv/bin/python bench/export_bench.py -n 5000 --naive 2000  # quick look
+
+Generates N signed interactions (eth-account keys, coincurve signing), records them with
+recordBatch in batches of --batch (one transaction per block on automine), then measures:
+
+* fast:   `medmeter.export.Exporter` from the deployment block, cold (raw eth_getLogs JSON, numpy
+          decode of the data words, batched timestamps, parquet parts, checkpoint) with and without
+          the CSV view, and its decode step alone;
+* per-log: the same raw logs decoded one by one with Python ints (`medmeter.events.decode_interaction`);
+* naive:  web3 `contract.events.InteractionRecorded.get_logs` plus one `get_block` per block
+          (`medmeter.decode.reference_table`), over the first --naive interactions' blocks.
+
+The fast and naive tables are compared row for row over the naive range. Not a test: prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eth_abi import encode
+from eth_account import Account
+from eth_utils import function_signature_to_4byte_selector
+
+from medmeter.chain import Transactor, connect, wait_until
+from medmeter.compiler import compile_ledger
+from medmeter.decode import (
+    INTERACTION_RECORDED_TOPIC,
+    decode_interaction_logs,
+    interaction_table,
+    reference_table,
+)
+from medmeter.deployment import Deployment
+from medmeter.devnet import free_port, rpc_ready
+from medmeter.events import decode_interaction
+from medmeter.export import Exporter, fetch_logs, read_export
+from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind
+from medmeter.ledger import Ledger
+from medmeter.operations import apply_default_tariff
+from medmeter.toolchain import anvil_executable
+from medmeter.workspace import Workspace
+
+INSTITUTIONS = 8
+CREDIT_LINE = 2**63
+SIGNED_BATCH = "((uint8,address,address,uint16,uint32,bytes32,uint256,uint64),bytes32,bytes32)[]"
+RECORD_BATCH = function_signature_to_4byte_selector(f"recordBatch({SIGNED_BATCH})")
+GAS_PER_ITEM = 40_000
+
+
+def start_anvil(workspace: Workspace) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port(0)
+    process = subprocess.Popen(
+        [
+            str(anvil_executable(workspace)),
+            "--port",
+            str(port),
+            "--silent",
+            "--accounts",
+            "1",
+            "--gas-limit",
+            "1000000000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    if not wait_until(lambda: rpc_ready(url), 30):
+        process.kill()
+        raise RuntimeError("anvil did not start")
+    return process, url
+
+
+def signer_for(domain, account):  # -> object with .sign(Interaction)
+    try:
+        from medmeter.interaction import InteractionSigner  # coincurve, ~10x faster where available
+
+        return InteractionSigner(domain, account)
+    except ImportError:
+        from medmeter.interaction import sign_interaction
+
+        class Slow:
+            def sign(self, interaction):
+                return sign_interaction(interaction, domain, account)
+
+        return Slow()
+
+
+def generate_and_record(ledger: Ledger, admin, count: int, batch: int, seed: int) -> float:
+    """Sign and record `count` interactions; returns the seconds it took."""
+    w3 = ledger.w3
+    started = time.perf_counter()
+    institutions = [Account.create() for _ in range(INSTITUTIONS)]
+    for index, account in enumerate(institutions):
+        ledger.register(account.address, f"BENCH-{index:03d}", f"Bench Clinic {index}", CREDIT_LINE)
+    signers = {a.address: signer_for(ledger.domain, a) for a in institutions}
+    nonces = dict.fromkeys(signers, 0)
+    rng = random.Random(seed)
+    deadline = int(w3.eth.get_block("latest")["timestamp"]) + 30 * 24 * 3600
+    chain_id = w3.eth.chain_id
+    tx_nonce = w3.eth.get_transaction_count(admin.address)
+    base_fee = w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+    hashes = []
+    done = 0
+    while done < count:
+        size = min(batch, count - done)
+        items = []
+        for _ in range(size):
+            actor = rng.choice(institutions).address
+            kind = rng.choices((Kind.SYNC, Kind.FETCH, Kind.EXCHANGE), (0.45, 0.25, 0.30))[0]
+            counterparty = ZERO_ADDRESS
+            if kind is Kind.EXCHANGE:
+                counterparty = rng.choice([a.address for a in institutions if a.address != actor])
+            interaction = Interaction(
+                kind, actor, counterparty, rng.randint(1, 7), rng.randint(1, 20), "0x" + rng.randbytes(32).hex(),
+                nonces[actor], deadline,
+            )  # fmt: skip
+            nonces[actor] += 1
+            items.append(signers[actor].sign(interaction).as_contract_arg())
+        data = RECORD_BATCH + encode([SIGNED_BATCH], [items])
+        tx = {
+            "to": ledger.address,
+            "data": data,
+            "gas": 200_000 + GAS_PER_ITEM * size,
+            "nonce": tx_nonce,
+            "chainId": chain_id,
+            "maxFeePerGas": 4 * base_fee + 10**9,
+            "maxPriorityFeePerGas": 0,
+        }
+        raw = admin.sign_transaction(tx).raw_transaction
+        response = w3.provider.make_request("eth_sendRawTransaction", ["0x" + raw.hex()])
+        if "error" in response:
+            raise RuntimeError(f"batch at {done} refused: {response['error']}")
+        hashes.append(response["result"])
+        tx_nonce += 1
+        done += size
+        print(f"\r  recorded {done:,}/{count:,}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    for tx_hash in hashes:
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=600, poll_latency=0.05)
+        if receipt["status"] != 1:
+            tx = w3.eth.get_transaction(tx_hash)
+            try:
+                w3.eth.call({"from": tx["from"], "to": tx["to"], "data": tx["input"]}, receipt["blockNumber"] - 1)
+                reason = f"out of gas? used {receipt['gasUsed']} of {tx['gas']}"
+            except Exception as exc:  # the decoded revert, for the message
+                reason = ledger.errors.from_exception(exc) if hasattr(exc, "data") else exc
+            raise RuntimeError(f"batch {tx_hash} reverted: {reason}")
+    return time.perf_counter() - started
+
+
+def deploy(workspace: Workspace, w3, admin) -> Ledger:
+    artifact = compile_ledger(workspace)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = Transactor(w3, admin).transact(factory.constructor(admin.address))
+    deployment = Deployment(
+        chain_id=w3.eth.chain_id,
+        address=receipt["contractAddress"],
+        block=receipt["blockNumber"],
+        tx_hash=receipt["transactionHash"].to_0x_hex(),
+        deployer=admin.address,
+        abi=artifact.abi,
+        source_hash=artifact.source_hash,
+    )
+    ledger = Ledger(w3, deployment, admin)
+    apply_default_tariff(ledger)
+    return ledger
+
+
+def timed(label: str, events: int, fn):
+    started = time.perf_counter()
+    value = fn()
+    seconds = time.perf_counter() - started
+    print(f"  {label:<58} {seconds:8.2f} s  {events / seconds:>12,.0f} events/s")
+    return value, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--count", type=int, default=100_000, help="Interactions to generate.")
+    parser.add_argument("--batch", type=int, default=500, help="Interactions per recordBatch (<= 500).")
+    parser.add_argument("--naive", type=int, default=None, help="Interactions for the naive path (default: all).")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    workspace = Workspace.locate()
+    process, url = start_anvil(workspace)
+    try:
+        w3 = connect(url)
+        admin = Account.create()
+        w3.provider.make_request("anvil_setBalance", [admin.address, hex(10**27)])
+        ledger = deploy(workspace, w3, admin)
+        max_batch = int(ledger.call(ledger.contract.functions.MAX_BATCH_SIZE()))
+        if args.batch > max_batch:
+            print(
+                f"the ledger takes at most {max_batch} interactions per recordBatch: --batch {max_batch}",
+                file=sys.stderr,
+            )
+            args.batch = max_batch
+        print(f"anvil {url}, ledger {ledger.address}; generating {args.count:,} interactions", file=sys.stderr)
+        record_seconds = generate_and_record(ledger, admin, args.count, args.batch, args.seed)
+        head = w3.eth.block_number
+        first = ledger.deployment.block
+        print(
+            f"\nN = {args.count:,} interactions in blocks {first}..{head} "
+            f"(signed and recorded in {record_seconds:.1f} s, batches of {args.batch})\n"
+        )
+        n = args.count
+        with tempfile.TemporaryDirectory() as tmp:
+            print("fast path (medmeter export):")
+            result, fast_seconds = timed(
+                "Exporter.run, cold: parquet + checkpoint + CSV view",
+                n,
+                lambda: Exporter(ledger, Path(tmp) / "a").run(),
+            )
+            assert result.rows_total == n, f"exported {result.rows_total} rows, expected {n}"
+            _, no_csv_seconds = timed(
+                "Exporter.run, cold: parquet + checkpoint, no CSV",
+                n,
+                lambda: Exporter(ledger, Path(tmp) / "b", write_csv=False).run(),
+            )
+            logs, fetch_seconds = timed(
+                "  raw eth_getLogs JSON only (one request)",
+                n,
+                lambda: fetch_logs(w3, ledger.address, [INTERACTION_RECORDED_TOPIC], first, head),
+            )
+            table, decode_seconds = timed(
+                "  numpy decode + arrow table of those logs",
+                n,
+                lambda: interaction_table(decode_interaction_logs(logs), timestamps=None, close_blocks=[], codes={}),
+            )
+            _, per_log_seconds = timed(
+                "per-log Python decode of the same raw logs (events.py)",
+                n,
+                lambda: [decode_interaction(x) for x in logs],
+            )
+            naive_events = min(args.naive or n, n)
+            naive_to = int(table.column("block_number")[naive_events - 1].as_py())
+            naive_count = sum(1 for b in table.column("block_number").to_pylist() if b <= naive_to)
+            print("naive path (web3):")
+            naive, naive_seconds = timed(
+                f"contract.events...get_logs + get_block, {naive_count:,} events",
+                naive_count,
+                lambda: reference_table(ledger, first, naive_to),
+            )
+            fast_rows = read_export(Path(tmp) / "a")
+            fast_rows = fast_rows.slice(0, naive.num_rows)
+            same = fast_rows.equals(naive)
+            print(f"\nfast and naive tables identical over {naive.num_rows:,} rows: {same}")
+            print(
+                f"\nSUMMARY N={n:,}: fast export {n / fast_seconds:,.0f} events/s end to end "
+                f"({n / no_csv_seconds:,.0f}/s without CSV; decode alone {n / decode_seconds:,.0f}/s, "
+                f"eth_getLogs {n / fetch_seconds:,.0f}/s); per-log decode {n / per_log_seconds:,.0f}/s; "
+                f"naive web3 {naive_count / naive_seconds:,.0f} events/s "
+                f"-> {(naive_seconds / naive_count) / (fast_seconds / n):,.0f}x"
+            )
+            if not same:
+                sys.exit("the fast export differs from the naive decode")
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""`brownie run scripts/demo.py`: the medmeter main job on brownie's network (its own anvil).
+
+Keystore passwords come from MEDMETER_KEYSTORE_PASSWORD (required: brownie scripts are not
+interactive)."""
+
+from contextlib import contextmanager
+
+from brownie import web3  # type: ignore[attr-defined]
+from medmeter.demo import run_demo
+from medmeter.session import Session
+from medmeter.workspace import Workspace
+
+
+@contextmanager
+def _no_progress(total, label):
+    yield lambda n: None
+
+
+def main(count: int = 300) -> None:
+    session = Session(Workspace.locate(), rpc_url_option=web3.provider.endpoint_uri)
+    run_demo(session, count=int(count), seed=7, batch_size=100, echo=print, progress=_no_progress)
