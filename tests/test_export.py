@@ -352,7 +352,17 @@ def test_cli_export_is_incremental(busy_env, cli_workspace: CliWorkspace):
     assert len(pd.read_csv(out_dir / CSV_FILE)) == 109
 
 
-def test_cli_export_help():
-    result = CliRunner().invoke(cli, ["export", "--help"])
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("export", "--confirmations"),
+        ("report", "--period"),
+        ("anchor", "--period"),
+        ("statement", "--institution"),
+        ("verify-statement", "--ledger"),
+    ],
+)
+def test_report_commands_have_help(command, option):
+    result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
-    assert "--confirmations" in result.output and "--restart" in result.output
+    assert option in result.output and result.output.startswith(f"Usage: cli {command}")

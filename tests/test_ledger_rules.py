@@ -6,7 +6,7 @@ the domain rules in design.md, never from constants copied out of the contract o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from medmeter.chain import connect
 from medmeter.compiler import Artifact
 from medmeter.errors import LedgerRevertError
 from medmeter.interaction import ZERO_ADDRESS, Kind, SignedInteraction
-from medmeter.ledger import Ledger, code_to_bytes32
+from medmeter.ledger import Ledger, batch_gas_limit, code_to_bytes32
 from medmeter.relay import relay
 from medmeter.workspace import Workspace
 from tests.helpers import (
@@ -435,7 +435,7 @@ def test_erc20_metadata_reads_as_a_whole_unit_token(env: LedgerEnv) -> None:
     ],
     ids=["transfer", "transferFrom", "approve", "transfer-zero"],
 )
-def test_units_cannot_be_transferred_or_approved(env: LedgerEnv, call) -> None:  # type: ignore[no-untyped-def]
+def test_units_cannot_be_transferred_or_approved(env: LedgerEnv, call: Callable[[Any, str, str], Any]) -> None:
     holder, other = env.institutions[0], env.institutions[1]
     credit(env, holder, records=5)  # a holder with units, so a refusal is not just "insufficient balance"
     fn = call(env.ledger.contract.functions, holder.address, other.address)
@@ -687,6 +687,30 @@ def test_set_platform_fee_bumps_the_version_emits_and_refuses_more_than_100_perc
     assert functions.tariffVersion().call() == version + 1
 
 
+@pytest.mark.parametrize("which", ["sync", "fetch"])
+def test_a_rate_above_the_maximum_units_per_record_is_refused(env: LedgerEnv, which: str) -> None:
+    functions = env.ledger.contract.functions
+    maximum = constant(env, "MAX_UNITS_PER_RECORD")
+    version = functions.tariffVersion().call()
+    too_high = (maximum + 1, 1) if which == "sync" else (1, maximum + 1)
+    error = expect_revert(env.ledger, functions.setRate(CATEGORY, *too_high, "too dear"))
+    assert (error.error_name, error.error_args) == ("RateOutOfRange", {"unitsPerRecord": maximum + 1, "max": maximum})
+    assert functions.tariffVersion().call() == version
+
+
+def test_the_largest_rate_and_record_count_are_metered_exactly(env: LedgerEnv) -> None:
+    clinic = env.institutions[0]
+    max_rate = constant(env, "MAX_UNITS_PER_RECORD")
+    max_records = constant(env, "MAX_RECORDS_PER_INTERACTION")
+    env.ledger.set_rate(4242, max_rate, max_rate, "most expensive")
+    env.record(env.signed(Kind.SYNC, clinic, category=4242, records=max_records))
+    env.record(env.signed(Kind.SYNC, clinic, category=4242, records=max_records))
+    assert balance(env, clinic) == 2 * max_records * max_rate
+    assert env.ledger.total_supply() == 2 * max_records * max_rate
+    env.record(env.signed(Kind.FETCH, clinic, category=4242, records=max_records))
+    assert balance(env, clinic) == max_records * max_rate
+
+
 def test_an_interaction_in_an_undefined_category_is_refused_and_its_nonce_stays_free(env: LedgerEnv) -> None:
     clinic = env.institutions[0]
     _, _, defined = env.ledger.call(env.ledger.contract.functions.rateOf(UNDEFINED_CATEGORY))
@@ -727,7 +751,9 @@ def test_an_unknown_interaction_kind_is_refused(env: LedgerEnv) -> None:
     ],
     ids=["sync-with-counterparty", "fetch-with-counterparty", "exchange-with-self", "exchange-with-nobody"],
 )
-def test_invalid_counterparties_are_refused(env: LedgerEnv, kind: Kind, counterparty_of) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_counterparties_are_refused(
+    env: LedgerEnv, kind: Kind, counterparty_of: Callable[[LedgerEnv], str]
+) -> None:
     clinic = env.institutions[0]
     counterparty = counterparty_of(env)
     error = batch_refusal(env, env.signed(kind, clinic, counterparty=counterparty))
@@ -1049,3 +1075,44 @@ def test_a_revert_raised_while_sending_is_decoded(env: LedgerEnv) -> None:
     with pytest.raises(LedgerRevertError) as raised:
         env.record(bad)
     assert raised.value.error_name == "RecordsOutOfRange"
+
+
+def test_relay_gas_limit_covers_a_worst_case_batch(env: LedgerEnv) -> None:
+    """The relay sends batches with a gas limit it calls a bound, not an estimate. A batch whose every item
+    is as expensive as an item can be must still fit: exchanges between institutions never touched before,
+    each opening a nonce word and reading a tariff category not yet read in the batch, with calldata of
+    non-zero bytes."""
+    size = 80
+    accounts = [Account.create() for _ in range(2 * size)]
+    functions = env.ledger.contract.functions
+    transactor = env.ledger.transactor
+    assert transactor is not None
+    # set-up transactions are pipelined (fixed gas, one wait) to keep this test quick
+    sent = [
+        transactor.send(functions.registerInstitution(a.address, code_to_bytes32(f"W-{i}"), "w", 10**12), gas=300_000)
+        for i, a in enumerate(accounts)
+    ]
+    sent += [transactor.send(functions.setRate(5_000 + i, 1, 1, "worst case"), gas=200_000) for i in range(size)]
+    transactor.wait(sent[-1])
+    items = [
+        env.signed(
+            Kind.EXCHANGE,
+            accounts[2 * i],
+            counterparty=accounts[2 * i + 1].address,
+            category=5_000 + i,
+            records=999_999,
+            nonce=2**256 - 1 - 256 * i,
+            data_hash="0x" + "ff" * 32,
+        )
+        for i in range(size)
+    ]
+    call = {"from": transactor.address, "to": env.ledger.address, "data": env.ledger.record_batch_calldata(items)}
+    needed = env.w3.eth.estimate_gas(call)  # type: ignore[arg-type]
+    assert needed <= batch_gas_limit(size), (
+        f"a worst-case batch of {size} needs {needed} gas ({needed // size} an item); the relay gives it "
+        f"{batch_gas_limit(size)}"
+    )
+
+    report = relay(env.ledger, items, batch_size=size)
+
+    assert sorted(report.recorded) == list(range(size))

@@ -209,8 +209,11 @@ def test_cli_report_writes_the_period_files(env, cli_workspace: CliWorkspace):
     env.ledger.close_period()
     record_traffic(env, 20, seed=7, batch=10)
     env.ledger.close_period()
-    result = CliRunner().invoke(cli, ["report", "--all"])
+    export_dir = cli_workspace.root / "my-export"
+    assert CliRunner().invoke(cli, ["export", "--out", str(export_dir)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["report", "--all", "--export-dir", str(export_dir)])
     assert result.exit_code == 0, result.output
+    assert not (cli_workspace.reports / "export").exists()  # it used (and updated) the given export
     for period in (1, 2):
         csv = cli_workspace.reports / f"settlement-{period}.csv"
         assert str(csv) in result.output

@@ -360,7 +360,7 @@ def test_a_truncated_signature_is_refused_by_the_client(deployed_env: LedgerEnv)
     env = deployed_env
     signed = env.signed(Kind.SYNC, env.institutions[0])
     truncated = dataclasses.replace(signed, signature=signed.signature[:-2])
-    with pytest.raises(InputError, match="64 bytes, not 65"):
+    with pytest.raises(InputError, match=r"\b65\b"):
         truncated.compact_signature()
     with pytest.raises(InputError):
         env.ledger.simulate_batch([truncated], block="latest")

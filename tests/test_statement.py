@@ -190,6 +190,12 @@ def test_cli_statement_and_verify(settled, cli_workspace: CliWorkspace, tmp_path
     wrong_ledger = runner.invoke(cli, ["verify-statement", str(path), "--ledger", env.admin.address])
     assert wrong_ledger.exit_code != 0 and "FAIL  ledger" in wrong_ledger.output
 
+    # In the workspace that holds the deployment, its address is pinned without --ledger.
+    monkeypatch.setenv("MEDMETER_HOME", str(cli_workspace.root))
+    pinned = runner.invoke(cli, ["verify-statement", str(path)])
+    assert pinned.exit_code == 0, pinned.output
+    assert "ok    ledger" in pinned.output and "pinned by" in pinned.output
+
 
 def test_cli_verify_rejects_a_file_that_is_not_a_statement(cli_workspace: CliWorkspace, tmp_path):
     path = tmp_path / "x.json"

@@ -102,6 +102,13 @@ def _resolve_institution(session: Any, ledger: Any, value: str) -> str:
     return to_checksum_address(address)
 
 
+_EXPORT_DIR_OPTION = click.option(
+    "--export-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The export folder to bring up to date and read (default: reports/export/<chain-id>-<ledger>/).",
+)
+
+
 # ---------------------------------------------------------------------------------- export
 
 
@@ -177,6 +184,7 @@ def export_cmd(
 )
 @click.option("--no-charts", is_flag=True, help="Write the CSVs only.")
 @click.option("--confirmations", type=click.IntRange(0), default=0, show_default=True, help="See `export`.")
+@_EXPORT_DIR_OPTION
 @click.pass_context
 def report_cmd(
     ctx: click.Context,
@@ -185,6 +193,7 @@ def report_cmd(
     out_dir: Path | None,
     no_charts: bool,
     confirmations: int,
+    export_dir: Path | None,
 ) -> None:
     """Settle closed periods from the exported events and reconcile them with the contract.
 
@@ -196,7 +205,7 @@ def report_cmd(
     session = _session(ctx)
     ledger = session.ledger(as_operator=False)
     periods = _period_choice(ledger, period, all_periods)
-    export = _run_export(ctx, confirmations=confirmations)
+    export = _run_export(ctx, out=export_dir, confirmations=confirmations)
     reports_dir = out_dir or session.workspace.reports_dir
     for number in periods:
         settlement = settle_from_export(ledger, export, number)
@@ -215,8 +224,9 @@ def report_cmd(
 
 @cli.command("anchor")
 @click.option("--period", type=click.IntRange(1), required=True, help="The closed period to anchor.")
+@_EXPORT_DIR_OPTION
 @click.pass_context
-def anchor_cmd(ctx: click.Context, period: int) -> None:
+def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None:
     """Anchor the Merkle root of a period's settlement rows on chain (settler role, --operator).
 
     Computes the rows exactly as `report` does (reconciled), builds the tree of their leaves and
@@ -227,7 +237,7 @@ def anchor_cmd(ctx: click.Context, period: int) -> None:
     session = _session(ctx)
     ledger = session.ledger(as_operator=False)
     _period_choice(ledger, period, False)
-    export = _run_export(ctx)
+    export = _run_export(ctx, out=export_dir)
     settlement = settle_from_export(ledger, export, period)
     result = anchor_settlement(session.ledger(), settlement)
     if result.tx_hash is None:
@@ -250,8 +260,9 @@ def anchor_cmd(ctx: click.Context, period: int) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Statement file. Default: reports/statements/statement-<period>-<code>-<address>.json.",
 )
+@_EXPORT_DIR_OPTION
 @click.pass_context
-def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None) -> None:
+def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None, export_dir: Path | None) -> None:
     """Write an institution's settlement statement for a period: its row, the Merkle proof, the
     anchored root, the ledger address and the chain id. Anyone can check it with verify-statement."""
     from medmeter.reporting import STATEMENTS_DIR, settle_from_export
@@ -261,7 +272,7 @@ def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None
     ledger = session.ledger(as_operator=False)
     address = _resolve_institution(session, ledger, who)
     _period_choice(ledger, period, False)
-    export = _run_export(ctx)
+    export = _run_export(ctx, out=export_dir)
     settlement = settle_from_export(ledger, export, period)
     statements = build_statements(settlement, ledger)
     if address not in statements:
@@ -281,7 +292,11 @@ def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None
 
 @cli.command("verify-statement")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--ledger", "expected_ledger", help="The ledger address you trust; the statement must name it.")
+@click.option(
+    "--ledger",
+    "expected_ledger",
+    help="The ledger address you trust; the statement must name it. Default: this workspace's deployment, if any.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.pass_context
 def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | None, as_json: bool) -> None:
@@ -295,6 +310,9 @@ def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | 
 
     session = _session(ctx)
     statement = load_statement(file)
+    pinned_by = "--ledger" if expected_ledger else None
+    if expected_ledger is None:
+        expected_ledger, pinned_by = _workspace_ledger(session)
     result = verify_statement(session.w3, statement, expected_ledger)
     if as_json:
         click.echo(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks], indent=2))
@@ -307,5 +325,18 @@ def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | 
         f"statement {file} verifies: period {statement['period']} row of {statement['row']['institution']} is part of "
         f"the settlement anchored in ledger {statement['ledger']} on chain {statement['chain_id']}"
     )
-    if expected_ledger is None:
+    if pinned_by is None:
         click.echo("(pass --ledger ADDRESS to also pin the ledger address you trust)")
+    else:
+        click.echo(f"(ledger address pinned by {pinned_by})")
+
+
+def _workspace_ledger(session: Any) -> tuple[str | None, str | None]:
+    """The ledger address of this workspace's deployment file for the node's chain, if there is one."""
+    from medmeter.deployment import deployment_path
+
+    path = deployment_path(session.workspace, session.w3.eth.chain_id)
+    try:
+        return str(json.loads(path.read_text())["address"]), str(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None

@@ -38,7 +38,9 @@ def standard_json_input(workspace: Workspace) -> dict[str, Any]:
         "language": "Solidity",
         "sources": sources,
         "settings": {
-            "remappings": [f"@openzeppelin/={workspace.node_modules / '@openzeppelin'}/"],
+            # Relative to the workspace (the compiler's base path), so the input, and with it the
+            # artifact cache key, is the same wherever the project is checked out.
+            "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
             "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
             "evmVersion": EVM_VERSION,
             "viaIR": True,
@@ -75,6 +77,7 @@ def compile_ledger(workspace: Workspace, *, use_cache: bool = True) -> Artifact:
             compiler_input,
             solc_binary=shim,
             allow_paths=[str(workspace.root), str(workspace.node_modules)],
+            base_path=str(workspace.root),
         )
     except solcx.exceptions.SolcError as exc:
         raise CompilationError(

@@ -143,6 +143,14 @@ class SignedInteraction:
             v += 27
         if v not in (27, 28):
             raise InputError(f"signature of nonce {self.interaction.nonce} has v={v}, not 27 or 28: sign again.")
+        if s > SECP256K1_N // 2:
+            # The malleable twin of a valid signature (EIP-2: wallets only produce low s). EIP-2098's
+            # vs keeps v in the top bit, so most high-s values cannot even be encoded: refuse here,
+            # rather than let the contract see a corrupted signature and name the wrong cause.
+            raise InputError(
+                f"signature of nonce {self.interaction.nonce} has a high s value (malleable form, EIP-2): "
+                "have the institution sign again with a standard wallet."
+            )
         vs = s | ((v - 27) << 255)
         return r, vs.to_bytes(32, "big")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from medmeter.errors import LedgerRevertError
+from medmeter.errors import InputError, LedgerRevertError
 from medmeter.events import INTERACTION_RECORDED_TOPIC
 from medmeter.interaction import SignedInteraction
 from medmeter.ledger import Ledger
@@ -65,6 +65,16 @@ def find_already_recorded(ledger: Ledger, items: Sequence[SignedInteraction]) ->
     }
 
 
+def _malformed_signature(item: SignedInteraction) -> str | None:
+    """Why the signature cannot be sent at all (length, v, high s), checked before any batch goes
+    out so that a bad item never stops a relay half-way."""
+    try:
+        item.compact_signature()
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
 def _first_failure(ledger: Ledger, batch: list[SignedInteraction]) -> tuple[int, LedgerRevertError]:
     """The smallest prefix of `batch` that reverts: O(log n) dry runs."""
     low, high = 0, len(batch) - 1  # invariant: batch[: high + 1] fails
@@ -97,7 +107,10 @@ def relay(
     already = find_already_recorded(ledger, items)
     for index, item in enumerate(items):
         key = (item.interaction.institution, item.interaction.nonce)
-        if item.domain != domain:
+        malformed = _malformed_signature(item)
+        if malformed is not None:
+            report.rejected.append(Rejection(index, item, malformed, "MalformedSignature"))
+        elif item.domain != domain:
             report.rejected.append(
                 Rejection(
                     index,

@@ -120,6 +120,7 @@ def write_period_reports(
     echo: Callable[[str], Any],
     *,
     reports_dir: Path | None = None,
+    export_dir: Path | None = None,
     anchor: bool = True,
     statements: bool = True,
 ) -> ReportPaths:
@@ -130,7 +131,7 @@ def write_period_reports(
     started = time.perf_counter()
     reports_dir = reports_dir or session.workspace.reports_dir
     reader = session.ledger(as_operator=False)
-    out_dir = export_dir_for(session, reader)
+    out_dir = export_dir or export_dir_for(session, reader)
     export = update_export(reader, out_dir)
     settlement = settle_from_export(reader, export, period)
     files, chart_files = write_report_files(settlement, reports_dir)

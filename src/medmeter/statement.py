@@ -365,7 +365,7 @@ def verify_statement(w3: Web3, statement: dict[str, Any], expected_ledger: str |
     result.add(
         "leaf",
         computed_leaf == claimed_leaf,
-        f"{LEAF_ENCODING} of the row is {hex32(computed_leaf)}"
+        f"the row hashes to leaf {hex32(computed_leaf)}"
         + ("" if computed_leaf == claimed_leaf else f", not the statement's {hex32(claimed_leaf)}"),
     )
     computed_root = process_proof(proof, computed_leaf)
