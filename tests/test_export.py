@@ -315,14 +315,17 @@ def test_confirmations_lag_the_head(env, tmp_path):
     assert Exporter(env.ledger, tmp_path).run().rows_new == 6
 
 
-def test_compaction_merges_old_parts(busy_env, tmp_path, monkeypatch):
+def test_compaction_merges_old_small_parts(busy_env, tmp_path, monkeypatch):
     env = busy_env
     mine(env.w3, REORG_WINDOW + 5)
     monkeypatch.setattr(export_mod, "MAX_PARTS", 4)
+    monkeypatch.setattr(export_mod, "PART_ROWS", 60)  # merged parts hold at most 60 of the 102 rows
     Exporter(env.ledger, tmp_path, chunk_blocks=1).run()
     state = read_checkpoint(tmp_path)
-    assert len(state.parts) == 1
-    assert {p.name for p in (tmp_path / PARTS_DIR).iterdir()} == {state.parts[0].file}
+    assert 2 <= len(state.parts) <= 4
+    assert all(p.rows <= 60 for p in state.parts)
+    assert all(a.to_block < b.from_block for a, b in zip(state.parts, state.parts[1:], strict=False))
+    assert {p.name for p in (tmp_path / PARTS_DIR).iterdir()} == {p.file for p in state.parts}
     assert_same_rows(read_export(tmp_path), reference(env))
 
 

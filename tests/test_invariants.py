@@ -47,7 +47,8 @@ MACHINE_SETTINGS = settings(
     max_examples=25,
     stateful_step_count=30,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # Long step sequences legitimately overrun hypothesis's size budget; that is not a failure.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 INITIAL_CREDIT_LINE = 1_000
 CATEGORIES_IN_PLAY = range(1, 10)  # the default tariff's categories and a couple it leaves undefined

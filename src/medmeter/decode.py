@@ -4,8 +4,10 @@ Two decoders produce the same table (`INTERACTION_SCHEMA`):
 
 * the fast path (`decode_interaction_logs` + `interaction_table`) works on the raw JSON of
   `eth_getLogs`: the seven fixed-size data words of every `InteractionRecorded` log are decoded
-  at once with numpy (one `bytes.fromhex` over all logs, a `(n, 7, 32)` byte array, the low
-  eight bytes of each word read as big-endian integers), so no per-log ABI decoding happens;
+  at once (the data strings joined, hex-decoded in one call, viewed as an `(n, 7, 32)` numpy
+  byte array whose low eight bytes per word are read as big-endian integers); addresses are
+  checksummed and hex quantities parsed once per distinct value, so no per-log work remains
+  but a few list comprehensions that pick fields out of the JSON;
 * the simple path (`reference_table`) asks web3 for `contract.events.X.get_logs` and one block
   per distinct block number, row by row. It is slow (web3 formats every log) but obviously
   correct, and it is what the tests and the benchmark compare the fast path against.
@@ -49,7 +51,6 @@ INSTITUTION_REGISTERED_TOPIC = _topic(INSTITUTION_REGISTERED_SIGNATURE)
 PERIOD_CLOSED_TOPIC = _topic(PERIOD_CLOSED_SIGNATURE)
 EXPORT_TOPICS = (INTERACTION_RECORDED_TOPIC, INSTITUTION_REGISTERED_TOPIC, PERIOD_CLOSED_TOPIC)
 
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 KIND_NAMES = pa.array([k.name.lower() for k in Kind], pa.string())
 # Data words of InteractionRecorded: kind, category, records, units, fee, dataHash, nonce.
 _WORDS = 7

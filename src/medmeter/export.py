@@ -694,23 +694,44 @@ class Exporter:
     # ------------------------------------------------------------------ compaction and views
 
     def _compact(self, state: Checkpoint) -> None:
-        """Merge finalized parts (older than the reorg window) once there are many."""
+        """Once there are many part files, merge runs of small finalized ones (older than the reorg
+        window) into parts of up to PART_ROWS rows. The merged part is written, then the checkpoint
+        that lists it instead of the small ones, then the small ones are deleted (a crash in between
+        leaves orphans that the next run removes)."""
         if len(state.parts) <= MAX_PARTS:
             return
         horizon = state.last_block - REORG_WINDOW
-        old = [p for p in state.parts if p.to_block <= horizon]
-        if len(old) < 2:
+        parts: list[Part] = []
+        obsolete: list[Part] = []
+        run: list[Part] = []
+
+        def close_run() -> None:
+            if len(run) < 2:
+                parts.extend(run)
+            else:
+                parts.append(self._merge(state, run))
+                obsolete.extend(run)
+            run.clear()
+
+        for part in state.parts:
+            small = part.to_block <= horizon and part.rows < PART_ROWS // 2
+            if not small or sum(p.rows for p in run) + part.rows > PART_ROWS:
+                close_run()
+            (run if small else parts).append(part)
+        close_run()
+        if not obsolete:
             return
-        table = pa.concat_tables(
-            [pq.read_table(self.parts_dir / p.file, schema=INTERACTION_SCHEMA) for p in old]
-        ).combine_chunks()
-        name = f"part-{state.next_part:06d}-{old[0].from_block:012d}-{old[-1].to_block:012d}.parquet"
+        state.parts = parts
+        self._save(state)
+        for part in obsolete:
+            (self.parts_dir / part.file).unlink(missing_ok=True)
+
+    def _merge(self, state: Checkpoint, run: Sequence[Part]) -> Part:
+        table = read_parts(self.parts_dir, run)
+        name = f"part-{state.next_part:06d}-{run[0].from_block:012d}-{run[-1].to_block:012d}.parquet"
         _write_parquet_atomic(table, self.parts_dir / name)
         state.next_part += 1
-        state.parts = [Part(name, old[0].from_block, old[-1].to_block, table.num_rows), *state.parts[len(old) :]]
-        self._save(state)
-        for part in old:
-            (self.parts_dir / part.file).unlink(missing_ok=True)
+        return Part(name, run[0].from_block, run[-1].to_block, table.num_rows)
 
     def _write_views(self, state: Checkpoint) -> None:
         paths = [self.out_dir / INSTITUTIONS_CSV, self.out_dir / PERIODS_CSV]
