@@ -39,14 +39,13 @@ from medmeter.decode import (
     interaction_table,
     reference_table,
 )
-from medmeter.deployment import Deployment
-from medmeter.devnet import free_port, rpc_ready
+from medmeter.deployment import deploy_contract
+from medmeter.devnet import anvil_command, free_port, rpc_ready
 from medmeter.events import decode_interaction
 from medmeter.export import TARGET_ROWS_PER_REQUEST, Exporter, fetch_logs, read_export
 from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind
 from medmeter.ledger import Ledger
 from medmeter.operations import apply_default_tariff
-from medmeter.toolchain import anvil_executable
 from medmeter.workspace import Workspace
 
 INSTITUTIONS = 8
@@ -57,21 +56,11 @@ GAS_PER_ITEM = 40_000
 
 
 def start_anvil(workspace: Workspace) -> tuple[subprocess.Popen[bytes], str]:
+    """The devnet's anvil command without persistence, with room for very large batches."""
     port = free_port(0)
-    process = subprocess.Popen(
-        [
-            str(anvil_executable(workspace)),
-            "--port",
-            str(port),
-            "--silent",
-            "--accounts",
-            "1",
-            "--gas-limit",
-            "1000000000",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = anvil_command(workspace, port, None)
+    command[command.index("--gas-limit") + 1] = "1000000000"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     if not wait_until(lambda: rpc_ready(url), 30):
         process.kill()
@@ -158,19 +147,7 @@ def generate_and_record(ledger: Ledger, admin, count: int, batch: int, seed: int
 
 
 def deploy(workspace: Workspace, w3, admin) -> Ledger:
-    artifact = compile_ledger(workspace)
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = Transactor(w3, admin).transact(factory.constructor(admin.address))
-    deployment = Deployment(
-        chain_id=w3.eth.chain_id,
-        address=receipt["contractAddress"],
-        block=receipt["blockNumber"],
-        tx_hash=receipt["transactionHash"].to_0x_hex(),
-        deployer=admin.address,
-        abi=artifact.abi,
-        source_hash=artifact.source_hash,
-    )
-    ledger = Ledger(w3, deployment, admin)
+    ledger = Ledger(w3, deploy_contract(w3, Transactor(w3, admin), compile_ledger(workspace)), admin)
     apply_default_tariff(ledger)
     return ledger
 

@@ -10,7 +10,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from medmeter.compiler import Artifact
-from medmeter.deployment import Deployment
+from medmeter.deployment import deploy_contract
 from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind, SignedInteraction, sign_interaction
 from medmeter.ledger import Ledger
 from medmeter.operations import apply_default_tariff
@@ -28,18 +28,7 @@ def funded_account(w3: Web3) -> LocalAccount:
 def deploy_ledger(w3: Web3, artifact: Artifact, admin: LocalAccount) -> Ledger:
     from medmeter.chain import Transactor
 
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = Transactor(w3, admin).transact(factory.constructor(admin.address))
-    deployment = Deployment(
-        chain_id=w3.eth.chain_id,
-        address=receipt["contractAddress"],
-        block=receipt["blockNumber"],
-        tx_hash=receipt["transactionHash"].to_0x_hex(),
-        deployer=admin.address,
-        abi=artifact.abi,
-        source_hash=artifact.source_hash,
-    )
-    return Ledger(w3, deployment, admin)
+    return Ledger(w3, deploy_contract(w3, Transactor(w3, admin), artifact), admin)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from web3 import Web3
 from medmeter import devnet
 from medmeter.chain import Transactor, connect, wait_until
 from medmeter.compiler import Artifact, compile_ledger
-from medmeter.deployment import Deployment
+from medmeter.deployment import deploy_contract
 from medmeter.fileio import write_json_atomic
 from medmeter.gas_profile import measure as measure_gas
 from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
@@ -103,12 +103,7 @@ def deploy_ledger(chain: BenchChain, artifact: Artifact) -> tuple[Ledger, list[A
     w3 = chain.w3
     admin = Account.create()
     w3.provider.make_request("anvil_setBalance", [admin.address, hex(10**26)])  # type: ignore[arg-type]
-    receipt = Transactor(w3, admin).transact(
-        w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode).constructor(admin.address)
-    )
-    deployment = Deployment(
-        w3.eth.chain_id, receipt["contractAddress"], receipt["blockNumber"], "", admin.address, artifact.abi, ""
-    )
+    deployment = deploy_contract(w3, Transactor(w3, admin), artifact)
     ledger = Ledger(w3, deployment, admin)
     apply_default_tariff(ledger)
     clinics = [Account.create() for _ in range(INSTITUTIONS)]

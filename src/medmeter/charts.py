@@ -94,6 +94,9 @@ def plot_net_position(settlement: PeriodSettlement, path: Path) -> Path:
         f"Period {info.period}: cumulative net units per institution (blocks {info.from_block}-{info.to_block})"
     )
     axes.set_xlabel("block number")
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
     axes.set_ylabel("cumulative net units (credited - debited)")
     axes.grid(True, alpha=0.3)
     axes.ticklabel_format(axis="x", style="plain", useOffset=False)

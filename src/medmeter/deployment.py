@@ -46,11 +46,11 @@ def deployment_path(workspace: Workspace, chain_id: int) -> Path:
     return workspace.deployments_dir / f"{chain_id}.json"
 
 
-def deploy(workspace: Workspace, w3: Web3, transactor: Transactor, artifact: Artifact | None = None) -> Deployment:
-    artifact = artifact or compile_ledger(workspace)
+def deploy_contract(w3: Web3, transactor: Transactor, artifact: Artifact) -> Deployment:
+    """Deploy the ledger with `transactor`'s account as admin (it gets every role); writes no file."""
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
     receipt = transactor.transact(factory.constructor(transactor.address))
-    deployment = Deployment(
+    return Deployment(
         chain_id=w3.eth.chain_id,
         address=receipt["contractAddress"],
         block=receipt["blockNumber"],
@@ -59,6 +59,11 @@ def deploy(workspace: Workspace, w3: Web3, transactor: Transactor, artifact: Art
         abi=artifact.abi,
         source_hash=artifact.source_hash,
     )
+
+
+def deploy(workspace: Workspace, w3: Web3, transactor: Transactor, artifact: Artifact | None = None) -> Deployment:
+    """Compile (cached), deploy and record `deployments/<chain-id>.json`."""
+    deployment = deploy_contract(w3, transactor, artifact or compile_ledger(workspace))
     record_deployment(workspace, deployment)
     return deployment
 

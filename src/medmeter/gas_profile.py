@@ -16,7 +16,7 @@ from web3 import Web3
 
 from medmeter.chain import Transactor
 from medmeter.compiler import Artifact
-from medmeter.deployment import Deployment
+from medmeter.deployment import deploy_contract
 from medmeter.interaction import ZERO_ADDRESS, Interaction, InteractionSigner, Kind, SignedInteraction
 from medmeter.ledger import Ledger
 from medmeter.operations import apply_default_tariff
@@ -65,12 +65,8 @@ def deploy_scenario(w3: Web3, artifact: Artifact) -> tuple[GasScenario, dict[str
     admin = _key("admin")
     w3.provider.make_request("anvil_setBalance", [admin.address, hex(10**24)])  # type: ignore[arg-type]
     transactor = Transactor(w3, admin)
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = transactor.transact(factory.constructor(admin.address))
-    gas = {"deploy": receipt["gasUsed"]}
-    deployment = Deployment(
-        w3.eth.chain_id, receipt["contractAddress"], receipt["blockNumber"], "", admin.address, artifact.abi, ""
-    )
+    deployment = deploy_contract(w3, transactor, artifact)
+    gas = {"deploy": w3.eth.get_transaction_receipt(deployment.tx_hash)["gasUsed"]}
     ledger = Ledger(w3, deployment, admin)
     institutions = [_key(f"institution {i}") for i in range(INSTITUTIONS)]
     for index, account in enumerate(institutions):
