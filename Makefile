@@ -13,7 +13,7 @@ export MEDMETER_KEYSTORE_PASSWORD ?= medmeter-demo-only
 
 .PHONY: install demo test lint bench bench-quick clean
 
-install: $(VENV)/.installed node_modules/.installed $(HOME)/.solcx/.medmeter-shim
+install: $(VENV)/.installed node_modules/.installed .medmeter/.solcx-shim
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,10 @@ node_modules/.installed: package-lock.json
 	ln -sf $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil $(BIN)/anvil
 	touch $@
 
-$(HOME)/.solcx/.medmeter-shim: $(VENV)/.installed node_modules/.installed
+# The shim names this checkout's driver, so each checkout installs it (the last one wins).
+.medmeter/.solcx-shim: $(VENV)/.installed node_modules/.installed
 	$(BIN)/medmeter toolchain install
-	touch $@
+	mkdir -p .medmeter && touch $@
 
 demo: install
 	$(BIN)/medmeter demo

@@ -174,8 +174,12 @@ def test_devnet_stopped_and_started_keeps_balances_events_and_periods(ws: CliWor
             ledger.functions.platformFeeBps().call(),
             [ledger.functions.institution(a).call() for a in institutions],
             ledger.functions.currentPeriod().call(),
+            # history too: reports and statements read positions at a period's closing block
+            ledger.functions.debtOf(b).call(block_identifier=closing_block),
+            ledger.functions.balanceOf(b).call(block_identifier=closing_block - 1),
         )
 
+    closing_block = ws.ledger().functions.periodRange(1).call()[1]
     before = ledger_view()
     assert before[4] > 0, "clinic-b should owe units, so that debt is part of what must survive"
     old_pid = int(ws.devnet_info()["pid"])

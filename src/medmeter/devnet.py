@@ -116,7 +116,15 @@ def anvil_command(workspace: Workspace, port: int, state_file: Path | None) -> l
         "--silent",
     ]
     if state_file is not None:
-        command += ["--state", str(state_file), "--state-interval", str(STATE_INTERVAL_SECONDS)]
+        # Historical states too: reports and statements read balances at a period's closing
+        # block, which a restarted anvil could not answer without them.
+        command += [
+            "--state",
+            str(state_file),
+            "--state-interval",
+            str(STATE_INTERVAL_SECONDS),
+            "--preserve-historical-states",
+        ]
     return command
 
 
