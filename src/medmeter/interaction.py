@@ -101,6 +101,22 @@ class Interaction:
             "deadline": self.deadline,
         }
 
+    def abi_words(self) -> bytes:
+        """The eight fields as 32-byte ABI words, in struct order: both the EIP-712 `encodeData`
+        (after the type hash) and the static struct's calldata encoding."""
+        return b"".join(
+            (
+                int(self.kind).to_bytes(32, "big"),
+                bytes.fromhex(self.institution[2:]).rjust(32, b"\0"),
+                bytes.fromhex(self.counterparty[2:]).rjust(32, b"\0"),
+                self.category.to_bytes(32, "big"),
+                self.records.to_bytes(32, "big"),
+                bytes.fromhex(self.data_hash[2:]),
+                self.nonce.to_bytes(32, "big"),
+                self.deadline.to_bytes(32, "big"),
+            )
+        )
+
     def as_tuple(self) -> tuple[Any, ...]:
         return (
             int(self.kind),
@@ -328,19 +344,7 @@ class InteractionSigner:
         self._typehash = keccak(text=encode_type())
 
     def digest(self, interaction: Interaction) -> bytes:
-        words = b"".join(
-            (
-                self._typehash,
-                int(interaction.kind).to_bytes(32, "big"),
-                bytes.fromhex(interaction.institution[2:]).rjust(32, b"\0"),
-                bytes.fromhex(interaction.counterparty[2:]).rjust(32, b"\0"),
-                interaction.category.to_bytes(32, "big"),
-                interaction.records.to_bytes(32, "big"),
-                bytes.fromhex(interaction.data_hash[2:]),
-                interaction.nonce.to_bytes(32, "big"),
-                interaction.deadline.to_bytes(32, "big"),
-            )
-        )
+        words = self._typehash + interaction.abi_words()
         return self._keccak(b"\x19\x01" + self._domain_separator + self._keccak(words))
 
     def sign(self, interaction: Interaction) -> SignedInteraction:

@@ -26,33 +26,19 @@ RECORD_BATCH_SELECTOR = function_signature_to_4byte_selector(f"recordBatch({SIGN
 def encode_record_batch(batch: list[SignedInteraction]) -> bytes:
     """`recordBatch` calldata. Every member is static, so the ABI encoding is the selector, the
     array's offset and length, then 10 words per item; built directly it is ~30x faster than
-    eth_abi's validating encoder (`tests/test_relay_encoding.py` checks they agree byte for byte)."""
+    eth_abi's validating encoder (`tests/test_fast_paths.py` checks they agree byte for byte)."""
     head = RECORD_BATCH_SELECTOR + (32).to_bytes(32, "big") + len(batch).to_bytes(32, "big")
     return head + b"".join(_item_words(item) for item in batch)
 
 
 def _item_words(item: SignedInteraction) -> bytes:
-    it = item.interaction
     r, vs = item.compact_signature()
-    return b"".join(
-        (
-            int(it.kind).to_bytes(32, "big"),
-            bytes.fromhex(it.institution[2:]).rjust(32, b"\0"),
-            bytes.fromhex(it.counterparty[2:]).rjust(32, b"\0"),
-            it.category.to_bytes(32, "big"),
-            it.records.to_bytes(32, "big"),
-            bytes.fromhex(it.data_hash[2:]),
-            it.nonce.to_bytes(32, "big"),
-            it.deadline.to_bytes(32, "big"),
-            r,
-            vs,
-        )
-    )
+    return item.interaction.abi_words() + r + vs
 
 
 # Upper bounds per call, above the worst case measured (an exchange between two institutions never
 # touched before, each opening a fresh nonce word and reading a tariff category not yet read, with
-# calldata of non-zero bytes): about 92,200 gas per interaction (tests/test_ledger_rules.py).
+# calldata of non-zero bytes): about 92,200 gas per interaction (tests/contract/test_ledger_rules.py).
 BATCH_BASE_GAS = 100_000
 GAS_PER_INTERACTION_BOUND = 95_000
 

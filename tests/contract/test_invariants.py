@@ -8,12 +8,10 @@ The model predicts, item by item, what `medmeter.relay.relay` must record, skip 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any, ClassVar
 
-import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -23,13 +21,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from web3 import Web3
 
-from medmeter.chain import connect
 from medmeter.compiler import Artifact
 from medmeter.events import iter_interactions
 from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind, SignedInteraction, sign_interaction, typed_data
 from medmeter.relay import relay
 from medmeter.tally import tally
-from medmeter.workspace import Workspace
 from tests.helpers import (
     FAR_FUTURE,
     LedgerEnv,
@@ -39,7 +35,6 @@ from tests.helpers import (
     evm_revert,
     evm_snapshot,
     expect_revert,
-    private_chain,
     send_unchecked,
 )
 
@@ -520,16 +515,6 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert positions[institution.address] == institution.frozen, institution.address
         for outsider in self.outsiders:
             assert positions[outsider.address] == (0, 0)
-
-
-@pytest.fixture(scope="module")
-def anvil(workspace: Workspace) -> Iterator[str]:
-    yield from private_chain(workspace)
-
-
-@pytest.fixture(scope="module")
-def w3(anvil: str) -> Web3:
-    return connect(anvil)
 
 
 def test_ledger_state_machine(w3: Web3, artifact: Artifact) -> None:

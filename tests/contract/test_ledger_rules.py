@@ -6,61 +6,32 @@ the domain rules in design.md, never from constants copied out of the contract o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
 from web3.types import TxReceipt
 
-from medmeter.chain import connect
-from medmeter.compiler import Artifact
 from medmeter.errors import LedgerRevertError
 from medmeter.interaction import ZERO_ADDRESS, Kind, SignedInteraction
 from medmeter.ledger import Ledger, batch_gas_limit, code_to_bytes32
 from medmeter.relay import relay
-from medmeter.workspace import Workspace
 from tests.helpers import (
     LedgerEnv,
     batch_refusal,
-    deploy_env,
     event_args,
     expect_revert,
     fee_bps_of,
     hex32,
     positions_of,
-    private_chain,
     rate_of,
-    rolled_back,
     send_unchecked,
 )
 
 CATEGORY = 2  # any category the default tariff defines; every expectation reads its rates from the chain
 UNDEFINED_CATEGORY = 999  # the default tariff defines a handful of small ids, never this one
-
-
-@pytest.fixture(scope="module")
-def anvil(workspace: Workspace) -> Iterator[str]:
-    yield from private_chain(workspace)
-
-
-@pytest.fixture(scope="module")
-def w3(anvil: str) -> Web3:
-    return connect(anvil)
-
-
-@pytest.fixture(scope="module")
-def deployed_env(w3: Web3, artifact: Artifact) -> LedgerEnv:
-    return deploy_env(w3, artifact)
-
-
-@pytest.fixture
-def env(deployed_env: LedgerEnv) -> Iterator[LedgerEnv]:
-    """The module's ledger in its just-deployed state (default tariff, three institutions), rolled back after."""
-    with rolled_back(deployed_env) as fresh:
-        yield fresh
 
 
 def constant(env: LedgerEnv, name: str) -> int:

@@ -19,12 +19,10 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
 
-from medmeter.chain import connect
 from medmeter.compiler import Artifact
 from medmeter.interaction import Kind
 from medmeter.ledger import ROLES, code_to_bytes32
-from medmeter.workspace import Workspace
-from tests.helpers import LedgerEnv, deploy_env, event_args, expect_revert, hex32, private_chain, rolled_back
+from tests.helpers import LedgerEnv, deploy_env, event_args, expect_revert, hex32, rolled_back
 
 ADMIN_ROLE = "DEFAULT_ADMIN_ROLE"
 OPERATING_ROLES = ("REGISTRAR_ROLE", "TARIFF_ROLE", "RELAYER_ROLE", "SETTLER_ROLE", "PAUSER_ROLE")
@@ -84,16 +82,6 @@ class RoleCast:
 def client_role_name(role: str) -> str:
     """The name medmeter's Ledger.grant_role takes: `admin` for DEFAULT_ADMIN_ROLE, the role's own name otherwise."""
     return "admin" if role == ADMIN_ROLE else role
-
-
-@pytest.fixture(scope="module")
-def anvil(workspace: Workspace) -> Iterator[str]:
-    yield from private_chain(workspace)
-
-
-@pytest.fixture(scope="module")
-def w3(anvil: str) -> Web3:
-    return connect(anvil)
 
 
 @pytest.fixture(scope="module")

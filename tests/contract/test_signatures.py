@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,10 +19,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from web3 import Web3
 
-from medmeter.chain import connect
-from medmeter.compiler import Artifact
 from medmeter.errors import InputError
 from medmeter.interaction import (
     SECP256K1_N,
@@ -36,17 +32,13 @@ from medmeter.interaction import (
     sign_interaction,
     typed_data,
 )
-from medmeter.workspace import Workspace
 from tests.helpers import (
     FAR_FUTURE,
     LedgerEnv,
     batch_refusal,
-    deploy_env,
     event_args,
     expect_revert,
     hex32,
-    private_chain,
-    rolled_back,
 )
 
 # Written out from the EIP-712 specification and the design's field list, not imported from medmeter.
@@ -57,28 +49,6 @@ INTERACTION_TYPE = (
 )
 HALF_N = SECP256K1_N // 2
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None)
-
-
-@pytest.fixture(scope="module")
-def anvil(workspace: Workspace) -> Iterator[str]:
-    yield from private_chain(workspace)
-
-
-@pytest.fixture(scope="module")
-def w3(anvil: str) -> Web3:
-    return connect(anvil)
-
-
-@pytest.fixture(scope="module")
-def deployed_env(w3: Web3, artifact: Artifact) -> LedgerEnv:
-    """Read-only tests use this ledger as deployed; tests that record take `env` and are rolled back."""
-    return deploy_env(w3, artifact)
-
-
-@pytest.fixture
-def env(deployed_env: LedgerEnv) -> Iterator[LedgerEnv]:
-    with rolled_back(deployed_env) as fresh:
-        yield fresh
 
 
 def spec_domain_separator(name: str, version: str, chain_id: int, verifying_contract: str) -> bytes:

@@ -1,4 +1,4 @@
-"""The hand-built recordBatch calldata must equal eth_abi's encoding exactly."""
+"""The fast encoders (recordBatch calldata, bulk signing) must equal the reference paths exactly."""
 
 from eth_abi import encode
 from eth_account import Account
@@ -31,3 +31,13 @@ def test_fast_batch_encoding_equals_eth_abi(batch):
     signed = [signer.sign(item) for item in batch]
     expected = RECORD_BATCH_SELECTOR + encode([SIGNED_INTERACTION_ARRAY], [[s.as_contract_arg() for s in signed]])
     assert encode_record_batch(signed) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(interactions)
+def test_fast_signer_gives_the_reference_typed_data_signature(interaction):
+    """InteractionSigner builds the digest by hand; eth-account's full typed-data path is the reference."""
+    from medmeter.interaction import sign_interaction
+
+    fast = InteractionSigner(DOMAIN, SIGNER).sign(interaction)
+    assert fast.signature == sign_interaction(interaction, DOMAIN, SIGNER).signature
