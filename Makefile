@@ -47,11 +47,11 @@ test: install
 
 # The full scaling run (10k, 100k, 1M interactions; about 15 minutes on 2 cores).
 bench: install
-	$(BIN)/python bench/run.py --sizes 10000,100000,1000000 --out bench/results.json
+	$(BIN)/python -m bench.run --sizes 10000,100000,1000000 --out bench/results.json
 
 # A small run for CI and quick checks; writes its own file so it never passes for the full one.
 bench-quick: install
-	$(BIN)/python bench/run.py --sizes 2000 --naive 50 --out bench/results-quick.json
+	$(BIN)/python -m bench.run --sizes 2000 --naive 50 --out bench/results-quick.json
 
 clean:
 	-$(BIN)/medmeter devnet down

@@ -1,17 +1,17 @@
 """Export throughput: the numpy fast path against web3's per-log decoding, on a fresh anvil.
 
-    .venv/bin/python bench/export_bench.py -n 100000            # the full run (about 2-4 minutes)
-    .venv/bin/python bench/export_bench.py -n 5000 --naive 2000  # quick look
+    .venv/bin/python -m bench.export_bench -n 100000            # the full run (about 2-4 minutes)
+    .venv/bin/python -m bench.export_bench -n 5000 --naive 2000  # quick look
 
 Generates N signed interactions (eth-account keys, coincurve signing), records them with
 recordBatch in batches of --batch (one transaction per block on automine), then measures:
 
-* fast:   `medmeter.export.Exporter` from the deployment block, cold (raw eth_getLogs JSON, numpy
+* fast:   `medmeter.export.exporter.Exporter` from the deployment block, cold (raw eth_getLogs JSON, numpy
           decode of the data words, batched timestamps, parquet parts, checkpoint) with and without
           the CSV view, and its decode step alone;
-* per-log: the same raw logs decoded one by one with Python ints (`medmeter.events.decode_interaction`);
+* per-log: the same raw logs decoded one by one with Python ints (the reference decoder);
 * naive:  web3 `contract.events.InteractionRecorded.get_logs` plus one `get_block` per block
-          (`medmeter.decode.reference_table`), over the first --naive interactions' blocks.
+          (`medmeter.export.events.reference_table`), over the first --naive interactions' blocks.
 
 The fast and naive tables are compared row for row over the naive range. Not a test: prints figures.
 """
@@ -31,21 +31,21 @@ from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
 
-from medmeter.chain import Transactor, connect, wait_until
-from medmeter.compiler import compile_ledger
-from medmeter.decode import (
+from medmeter.app.operations import apply_default_tariff
+from medmeter.chain.deployment import deploy_contract
+from medmeter.chain.ledger import Ledger
+from medmeter.chain.rpc import Transactor, connect, wait_until
+from medmeter.export.events import (
     INTERACTION_RECORDED_TOPIC,
     decode_interaction_logs,
     interaction_table,
     reference_table,
 )
-from medmeter.deployment import deploy_contract
-from medmeter.devnet import anvil_command, free_port, rpc_ready
-from medmeter.events import decode_interaction
-from medmeter.export import TARGET_ROWS_PER_REQUEST, Exporter, fetch_logs, read_export
-from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind
-from medmeter.ledger import Ledger
-from medmeter.operations import apply_default_tariff
+from medmeter.export.exporter import TARGET_ROWS_PER_REQUEST, Exporter, fetch_logs, read_export
+from medmeter.export.reference_decoder import decode_interaction
+from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, Kind
+from medmeter.toolchain.compiler import compile_ledger
+from medmeter.toolchain.devnet import anvil_command, free_port, rpc_ready
 from medmeter.workspace import Workspace
 
 INSTITUTIONS = 8
@@ -70,11 +70,11 @@ def start_anvil(workspace: Workspace) -> tuple[subprocess.Popen[bytes], str]:
 
 def signer_for(domain, account):  # -> object with .sign(Interaction)
     try:
-        from medmeter.interaction import InteractionSigner  # coincurve, ~10x faster where available
+        from medmeter.signing.interaction import InteractionSigner  # coincurve, ~10x faster where available
 
         return InteractionSigner(domain, account)
     except ImportError:
-        from medmeter.interaction import sign_interaction
+        from medmeter.signing.interaction import sign_interaction
 
         class Slow:
             def sign(self, interaction):

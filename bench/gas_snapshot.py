@@ -1,7 +1,7 @@
 """Write bench/gas-snapshot.json: the gas of every ledger call in the deterministic scenario of
-`medmeter.gas_profile`. Commit the file; tests/test_gas_snapshot.py fails when gas grows past it.
+`bench.gas_profile`. Commit the file; tests/test_gas_snapshot.py fails when gas grows past it.
 
-    python bench/gas_snapshot.py            # rewrite the snapshot after an intended change
+    python -m bench.gas_snapshot            # rewrite the snapshot after an intended change
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medmeter import devnet
-from medmeter.chain import connect, wait_until
-from medmeter.compiler import compile_ledger
-from medmeter.gas_profile import measure
+from bench.gas_profile import measure
+from medmeter.chain.rpc import connect, wait_until
+from medmeter.toolchain import devnet
+from medmeter.toolchain.compiler import compile_ledger
 from medmeter.workspace import Workspace
 
 SNAPSHOT = Path(__file__).with_name("gas-snapshot.json")

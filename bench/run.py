@@ -1,7 +1,7 @@
 """`make bench` / `make bench-quick`: run the benchmark and write bench/results.json.
 
-python bench/run.py --sizes 10000,100000,1000000          # the full scaling run
-python bench/run.py --sizes 2000 --naive 100 --out bench/results-quick.json
+python -m bench.run --sizes 10000,100000,1000000          # the full scaling run
+python -m bench.run --sizes 2000 --naive 100 --out bench/results-quick.json
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medmeter.benchmark import run
+from bench.benchmark import run
 from medmeter.workspace import Workspace
 
 

@@ -6,8 +6,8 @@ interactive)."""
 from contextlib import contextmanager
 
 from brownie import web3  # type: ignore[attr-defined]
-from medmeter.demo import run_demo
-from medmeter.session import Session
+from medmeter.app.demo import run_demo
+from medmeter.app.session import Session
 from medmeter.workspace import Workspace
 
 

@@ -2,7 +2,7 @@
 it in deployments/<chain-id>.json so that `medmeter` commands find it."""
 
 from brownie import MeteringLedger, accounts, chain  # type: ignore[attr-defined]
-from medmeter.deployment import Deployment, record_deployment
+from medmeter.chain.deployment import Deployment, record_deployment
 from medmeter.workspace import Workspace
 
 

@@ -24,8 +24,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from medmeter.compiler import Artifact, _source_hash, compile_ledger, standard_json_input
-from medmeter.interaction import SignedInteraction, parse_signed
+from medmeter.signing.interaction import SignedInteraction, parse_signed
+from medmeter.toolchain.compiler import Artifact, _source_hash, compile_ledger, standard_json_input
 from medmeter.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -306,8 +306,8 @@ def craft(
     """An interaction signed in the test with the wallet's keystore key, as `medmeter sign` writes it.
 
     Tests use nonces far above the nonce book's so they never collide with `sign` or `simulate`."""
-    from medmeter.health_info import content_hash
-    from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
+    from medmeter.intake.payload import content_hash
+    from medmeter.signing.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
 
     account = cli.account(wallet)
     deployment = cli.deployment()

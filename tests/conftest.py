@@ -14,10 +14,10 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from medmeter.chain import connect
-from medmeter.compiler import Artifact, compile_ledger
-from medmeter.devnet import free_port, rpc_ready
-from medmeter.toolchain import anvil_executable
+from medmeter.chain.rpc import connect
+from medmeter.toolchain.compiler import Artifact, compile_ledger
+from medmeter.toolchain.devnet import free_port, rpc_ready
+from medmeter.toolchain.executables import anvil_executable
 from medmeter.workspace import Workspace
 from tests.helpers import LedgerEnv, deploy_env
 
@@ -58,7 +58,7 @@ def start_anvil(workspace: Workspace, *extra: str) -> tuple[subprocess.Popen[byt
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    from medmeter.chain import wait_until
+    from medmeter.chain.rpc import wait_until
 
     if not wait_until(lambda: rpc_ready(url), 30):
         process.kill()

@@ -9,11 +9,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from medmeter.compiler import Artifact
-from medmeter.deployment import deploy_contract
-from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind, SignedInteraction, sign_interaction
-from medmeter.ledger import Ledger
-from medmeter.operations import apply_default_tariff
+from medmeter.app.operations import apply_default_tariff
+from medmeter.chain.deployment import deploy_contract
+from medmeter.chain.ledger import Ledger
+from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, Kind, SignedInteraction, sign_interaction
+from medmeter.toolchain.compiler import Artifact
 
 DEFAULT_CREDIT_LINE = 1_000
 FAR_FUTURE = 2**40
@@ -26,7 +26,7 @@ def funded_account(w3: Web3) -> LocalAccount:
 
 
 def deploy_ledger(w3: Web3, artifact: Artifact, admin: LocalAccount) -> Ledger:
-    from medmeter.chain import Transactor
+    from medmeter.chain.rpc import Transactor
 
     return Ledger(w3, deploy_contract(w3, Transactor(w3, admin), artifact), admin)
 

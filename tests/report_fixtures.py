@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medmeter.deployment import record_deployment
-from medmeter.wallets import KeystoreDirectory
+from medmeter.chain.deployment import record_deployment
+from medmeter.signing.wallets import KeystoreDirectory
 from medmeter.workspace import Workspace
 from tests.helpers import LedgerEnv
 from tests.report_helpers import PASSWORD, SCRYPT_N, CliWorkspace

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from web3 import Web3
 
-from medmeter.interaction import SignedInteraction
-from medmeter.operations import read_tariff
-from medmeter.simulate import SimulatedInstitution, simulate
+from medmeter.app.operations import read_tariff
+from medmeter.signing.interaction import SignedInteraction
+from medmeter.signing.traffic import SimulatedInstitution, simulate
 from tests.helpers import LedgerEnv
 
 PASSWORD = "report-tests"

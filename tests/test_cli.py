@@ -14,11 +14,11 @@ import click
 import pytest
 from web3 import Web3
 
-from medmeter.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, category_by_name
 from medmeter.cli import cli as cli_root
-from medmeter.health_info import content_hash
-from medmeter.interaction import recover_signer
-from medmeter.synthetic import synthetic_bundle
+from medmeter.intake.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, category_by_name
+from medmeter.intake.payload import content_hash
+from medmeter.intake.synthetic import synthetic_bundle
+from medmeter.signing.interaction import recover_signer
 from tests.cli_support import (
     RPC_URL_LINE,
     CliWorkspace,

@@ -12,15 +12,15 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-import medmeter.export as export_mod
+import medmeter.export.exporter as export_mod
 from medmeter.cli import cli
-from medmeter.decode import (
+from medmeter.export.events import (
     INTERACTION_RECORDED_TOPIC,
     decode_interaction_logs,
     interaction_table,
     reference_table,
 )
-from medmeter.export import (
+from medmeter.export.exporter import (
     CHECKPOINT_FILE,
     CSV_FILE,
     PARTS_DIR,
@@ -32,7 +32,7 @@ from medmeter.export import (
     read_checkpoint,
     read_export,
 )
-from medmeter.interaction import Kind
+from medmeter.signing.interaction import Kind
 from tests.helpers import deploy_env
 from tests.report_helpers import CliWorkspace, head, mine, record_traffic
 
@@ -192,10 +192,10 @@ def test_killed_export_process_resumes(busy_env, tmp_path):
         f"""
         import json, os
         from pathlib import Path
-        from medmeter.chain import connect
-        from medmeter.deployment import Deployment
-        from medmeter.export import Exporter
-        from medmeter.ledger import Ledger
+        from medmeter.chain.rpc import connect
+        from medmeter.chain.deployment import Deployment
+        from medmeter.export.exporter import Exporter
+        from medmeter.chain.ledger import Ledger
 
         data = json.loads(Path({str(deployment_file)!r}).read_text())
         data.pop("deployed_at")

@@ -5,8 +5,8 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, InteractionSigner, Kind
-from medmeter.ledger import RECORD_BATCH_SELECTOR, SIGNED_INTERACTION_ARRAY, encode_record_batch
+from medmeter.chain.ledger import RECORD_BATCH_SELECTOR, SIGNED_INTERACTION_ARRAY, encode_record_batch
+from medmeter.signing.interaction import ZERO_ADDRESS, Domain, Interaction, InteractionSigner, Kind
 
 SIGNER = Account.from_key(b"\x07" * 32)
 DOMAIN = Domain(31337, "0x" + "5a" * 20)
@@ -37,7 +37,7 @@ def test_fast_batch_encoding_equals_eth_abi(batch):
 @given(interactions)
 def test_fast_signer_gives_the_reference_typed_data_signature(interaction):
     """InteractionSigner builds the digest by hand; eth-account's full typed-data path is the reference."""
-    from medmeter.interaction import sign_interaction
+    from medmeter.signing.interaction import sign_interaction
 
     fast = InteractionSigner(DOMAIN, SIGNER).sign(interaction)
     assert fast.signature == sign_interaction(interaction, DOMAIN, SIGNER).signature

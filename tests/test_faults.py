@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from medmeter.chain import BACKOFF_SECONDS, RETRIES
+from medmeter.chain.rpc import BACKOFF_SECONDS, RETRIES
 from tests.cli_support import (
     CliWorkspace,
     assert_clean_error,

@@ -1,13 +1,12 @@
 """Gas is deterministic: the committed snapshot is an upper bound that a change must not cross.
 
-After an intended change, rewrite it with `python bench/gas_snapshot.py` and commit the diff."""
+After an intended change, rewrite it with `python -m bench.gas_snapshot` and commit the diff."""
 
 import json
 from pathlib import Path
 
 import pytest
-
-from medmeter.gas_profile import BATCH_SIZES, measure
+from bench.gas_profile import BATCH_SIZES, measure
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "bench" / "gas-snapshot.json"
 
@@ -25,7 +24,7 @@ def test_snapshot_covers_every_measured_call(measured):
 def test_gas_did_not_grow_past_the_snapshot(measured):
     snapshot = json.loads(SNAPSHOT.read_text())
     grown = {name: (snapshot[name], used) for name, used in measured.items() if used > snapshot[name]}
-    assert not grown, f"gas grew (snapshot, now): {grown}; if intended, run python bench/gas_snapshot.py"
+    assert not grown, f"gas grew (snapshot, now): {grown}; if intended, run python -m bench.gas_snapshot"
 
 
 def test_batching_amortizes(measured):

@@ -8,19 +8,19 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from medmeter.charts import net_by_block, write_charts
+from medmeter.app.pipeline import write_period_reports
+from medmeter.app.session import Session
 from medmeter.cli import cli
-from medmeter.decode import INTERACTION_SCHEMA
 from medmeter.errors import ReconciliationError
-from medmeter.export import PARTS_DIR, Exporter, read_checkpoint, read_export
-from medmeter.interaction import Kind
-from medmeter.reporting import write_period_reports
-from medmeter.session import Session
-from medmeter.settlement import (
+from medmeter.export.events import INTERACTION_SCHEMA
+from medmeter.export.exporter import PARTS_DIR, Exporter, read_checkpoint, read_export
+from medmeter.settlement.charts import net_by_block, write_charts
+from medmeter.settlement.period import (
     CATEGORY_COLUMNS,
     settle_period,
     write_settlement_csvs,
 )
+from medmeter.signing.interaction import Kind
 from medmeter.workspace import Workspace
 from tests.helpers import fee_bps_of, rate_of
 from tests.report_helpers import CliWorkspace, record_traffic

@@ -1,4 +1,4 @@
-from medmeter.interaction import Kind
+from medmeter.signing.interaction import Kind
 
 
 def test_sync_credits_units_from_tariff(env):
@@ -7,9 +7,3 @@ def test_sync_credits_units_from_tariff(env):
     env.record(env.signed(Kind.SYNC, clinic, records=7))
     assert env.ledger.position(clinic.address).balance == 7 * rate_sync
 
-
-def test_cli_batch_limit_is_the_contracts(env):
-    """The CLI's --batch-size bound restates the contract's MAX_BATCH_SIZE; they must not drift."""
-    from medmeter.cli import MAX_BATCH_SIZE
-
-    assert env.ledger.call(env.ledger.contract.functions.MAX_BATCH_SIZE()) == MAX_BATCH_SIZE

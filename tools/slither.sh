@@ -57,10 +57,10 @@ mkdir -p "$OUT_DIR"
 input=$OUT_DIR/input.json
 results=$OUT_DIR/results.json
 rm -f "$results"   # slither refuses to overwrite its --json file
-"$ROOT/.venv/bin/python" - "$ROOT" "$input" <<'PY' || die "cannot build the compiler input with medmeter.compiler"
+"$ROOT/.venv/bin/python" - "$ROOT" "$input" <<'PY' || die "cannot build the compiler input with medmeter.toolchain.compiler"
 import json, sys
 from pathlib import Path
-from medmeter.compiler import standard_json_input
+from medmeter.toolchain.compiler import standard_json_input
 from medmeter.workspace import Workspace
 compiler_input = standard_json_input(Workspace(Path(sys.argv[1])))
 del compiler_input["settings"]["outputSelection"]

@@ -1,4 +1,9 @@
-"""Errors a user can act on: each says what is wrong and what to do."""
+"""Every exception medmeter raises, in one tree.
+
+`MedmeterError` and its subclasses are errors a user can act on: `str(error)` says what is wrong
+and what to do, and `medmeter`'s `main()` prints it as one line. `InternalSignal` subclasses are
+not user errors: code inside medmeter raises and catches them, and none reaches `main()`.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +47,23 @@ class LedgerRevertError(MedmeterError):
 
 class ReconciliationError(MedmeterError):
     """Events and contract state disagree."""
+
+
+class ExportStateError(MedmeterError):
+    """The export folder's checkpoint is unreadable or belongs to another ledger."""
+
+
+class DecodeError(MedmeterError):
+    """A log does not have the shape of the ledger's events."""
+
+
+class StatementError(MedmeterError):
+    """A statement cannot be produced, read or verified."""
+
+
+class InternalSignal(Exception):
+    """Raised and caught inside medmeter to change course; never shown to a user."""
+
+
+class ChainMovedError(InternalSignal):
+    """The chain changed while a chunk was being read (a reorg in flight)."""

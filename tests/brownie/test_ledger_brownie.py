@@ -2,7 +2,7 @@
 brownie's accounts; signatures made by medmeter's signing module."""
 
 import brownie
-from medmeter.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
+from medmeter.signing.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
 
 LAB = 2
 

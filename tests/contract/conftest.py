@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from web3 import Web3
 
-from medmeter.chain import connect
-from medmeter.compiler import Artifact
+from medmeter.chain.rpc import connect
+from medmeter.toolchain.compiler import Artifact
 from medmeter.workspace import Workspace
 from tests.helpers import LedgerEnv, deploy_env, private_chain, rolled_back
 

@@ -19,9 +19,9 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
 
-from medmeter.compiler import Artifact
-from medmeter.interaction import Kind
-from medmeter.ledger import ROLES, code_to_bytes32
+from medmeter.chain.ledger import ROLES, code_to_bytes32
+from medmeter.signing.interaction import Kind
+from medmeter.toolchain.compiler import Artifact
 from tests.helpers import LedgerEnv, deploy_env, event_args, expect_revert, hex32, rolled_back
 
 ADMIN_ROLE = "DEFAULT_ADMIN_ROLE"

@@ -2,7 +2,7 @@
 ledger per example, checked after every step against a Python model of the domain rules and against the
 ledger's own events.
 
-The model predicts, item by item, what `medmeter.relay.relay` must record, skip as already recorded, or reject
+The model predicts, item by item, what `medmeter.relay.engine.relay` must record, skip as already recorded, or reject
 (and with which custom error), so a wrong refusal or a wrong acceptance fails as surely as a wrong balance.
 """
 
@@ -21,11 +21,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from web3 import Web3
 
-from medmeter.compiler import Artifact
-from medmeter.events import iter_interactions
-from medmeter.interaction import ZERO_ADDRESS, Interaction, Kind, SignedInteraction, sign_interaction, typed_data
-from medmeter.relay import relay
-from medmeter.tally import tally
+from medmeter.export.reference_decoder import iter_interactions
+from medmeter.relay.engine import relay
+from medmeter.settlement.crediting import tally
+from medmeter.signing.interaction import (
+    ZERO_ADDRESS,
+    Interaction,
+    Kind,
+    SignedInteraction,
+    sign_interaction,
+    typed_data,
+)
+from medmeter.toolchain.compiler import Artifact
 from tests.helpers import (
     FAR_FUTURE,
     LedgerEnv,

@@ -14,10 +14,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3.types import TxReceipt
 
+from medmeter.chain.ledger import Ledger, batch_gas_limit, code_to_bytes32
 from medmeter.errors import LedgerRevertError
-from medmeter.interaction import ZERO_ADDRESS, Kind, SignedInteraction
-from medmeter.ledger import Ledger, batch_gas_limit, code_to_bytes32
-from medmeter.relay import relay
+from medmeter.relay.engine import relay
+from medmeter.signing.interaction import ZERO_ADDRESS, Kind, SignedInteraction
 from tests.helpers import (
     LedgerEnv,
     batch_refusal,

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medmeter.errors import InputError
-from medmeter.interaction import (
+from medmeter.signing.interaction import (
     SECP256K1_N,
     ZERO_ADDRESS,
     Domain,

@@ -1,0 +1,99 @@
+"""The main job, end to end, on the managed devnet (or --rpc-url)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from medmeter.app.operations import (
+    DEMO_INSTITUTIONS,
+    apply_default_tariff,
+    balances,
+    format_balances,
+    register_institutions,
+    simulate_traffic,
+    tariff_table,
+    wait_for_next_block,
+)
+from medmeter.app.pipeline import write_period_reports
+from medmeter.app.session import Session
+from medmeter.chain.deployment import deploy
+from medmeter.chain.rpc import Transactor
+from medmeter.errors import MedmeterError
+from medmeter.fileio import write_atomic
+from medmeter.relay.engine import relay
+from medmeter.signing.interaction import Kind, iter_json_lines
+from medmeter.toolchain import devnet
+
+Progress = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]
+
+
+def run_demo(
+    session: Session, *, count: int, seed: int, batch_size: int, echo: Callable[[str], Any], progress: Progress
+) -> None:
+    workspace = session.workspace
+    if session.rpc_url_option is None:
+        info, started = devnet.up(workspace)
+        echo(f"[1/9] devnet {'started' if started else 'reused'} at {info.rpc_url}")
+    else:
+        echo(f"[1/9] using node {session.rpc_url}")
+
+    if not session.keystores.exists(session.operator_name):
+        session.keystores.create(session.operator_name)
+    operator = session.operator()
+    deployment = deploy(workspace, session.w3, Transactor(session.w3, operator))
+    echo(f"[2/9] deployed MeteringLedger at {deployment.address} in block {deployment.block}")
+
+    wallets = [spec.wallet for spec in DEMO_INSTITUTIONS]
+    register_institutions(session, DEMO_INSTITUTIONS)
+    echo(f"[3/9] registered {len(wallets)} institutions, each with its own encrypted keystore")
+
+    ledger = session.ledger()
+    apply_default_tariff(ledger)
+    echo("[4/9] tariff set:\n" + tariff_table(ledger))
+
+    started = time.perf_counter()
+    with progress(count, "sign") as bar:
+        items = simulate_traffic(session, wallets, count, seed, bar)
+    sign_seconds = time.perf_counter() - started
+    traffic_file = workspace.state_dir / "demo-interactions.jsonl"
+    write_atomic(traffic_file, "".join(iter_json_lines(items)))
+    by_kind = {k.word: sum(1 for i in items if i.interaction.kind is k) for k in Kind}
+    echo(
+        f"[5/9] signed {len(items)} interactions {by_kind} from synthetic FHIR bundles in {sign_seconds:.1f} s "
+        f"-> {traffic_file}"
+    )
+
+    started = time.perf_counter()
+    with progress(len(items), "relay") as bar:
+        report = relay(ledger, items, batch_size=batch_size, progress=bar)
+    relay_seconds = time.perf_counter() - started
+    if report.rejected:
+        first = report.rejected[0]
+        raise MedmeterError(f"{len(report.rejected)} simulated interactions were refused, first: {first.reason}")
+    echo(
+        f"[6/9] relayed {len(report.recorded)} interactions in {len(report.transactions)} batches of up to "
+        f"{batch_size}: {relay_seconds:.1f} s, {len(report.recorded) / relay_seconds:,.0f} interactions/s, "
+        f"{report.gas_per_interaction:,.0f} gas per interaction"
+    )
+
+    wait_for_next_block(ledger)
+    number, _ = ledger.current_period()
+    ledger.close_period()
+    first_block, last_block = ledger.period_range(number)
+    echo(f"[7/9] closed period {number}: blocks {first_block}..{last_block}")
+
+    rows = balances(ledger)
+    echo("[8/9] settlement tally per institution (balance and debt from the contract, the rest from events):")
+    echo(format_balances(rows))
+    if not all(row.reconciles for row in rows):
+        raise MedmeterError("events and contract state disagree: see the rows marked NO.")
+
+    echo(f"[9/9] settlement reports for period {number}: export, CSVs, charts, anchored root, statements")
+    write_period_reports(session, number, echo)
+    echo(
+        f"\nthe ledger stays up: {session.rpc_url}  "
+        f"(deployment: {workspace.deployments_dir / f'{deployment.chain_id}.json'})"
+    )

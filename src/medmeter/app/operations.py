@@ -1,0 +1,148 @@
+"""Multi-step operator tasks shared by the CLI, the demo and the brownie scripts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medmeter.app.session import Session
+from medmeter.chain.ledger import Ledger, Position
+from medmeter.export.reference_decoder import iter_interactions
+from medmeter.intake.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, category_name
+from medmeter.settlement.crediting import BalanceRow, balance_rows, tally
+from medmeter.signing.interaction import SignedInteraction
+from medmeter.signing.traffic import SimulatedInstitution, Tariff, simulate
+
+
+@dataclass(frozen=True)
+class InstitutionSpec:
+    wallet: str  # keystore name
+    code: str
+    name: str
+    credit_line: int
+
+
+DEMO_INSTITUTIONS: tuple[InstitutionSpec, ...] = (
+    InstitutionSpec("clinic-riverside", "PCI-0001", "Riverside Community Clinic", 2_000),
+    InstitutionSpec("clinic-hillview", "PCI-0002", "Hillview Township Hospital", 2_000),
+    InstitutionSpec("clinic-lakeside", "PCI-0003", "Lakeside Primary Care Centre", 1_500),
+    InstitutionSpec("clinic-northgate", "PCI-0004", "Northgate Health Station", 1_500),
+    InstitutionSpec("clinic-eastfield", "PCI-0005", "Eastfield Family Practice", 1_000),
+    InstitutionSpec("clinic-westbrook", "PCI-0006", "Westbrook Rural Clinic", 1_000),
+)
+
+
+def register_institutions(session: Session, specs: tuple[InstitutionSpec, ...]) -> list[str]:
+    """Create each institution's keystore if needed and register it unless it already is."""
+    ledger = session.ledger()
+    addresses = []
+    for spec in specs:
+        if not session.keystores.exists(spec.wallet):
+            session.keystores.create(spec.wallet)
+        address = session.keystores.address(spec.wallet)
+        if ledger.institution(address).status == "unregistered":
+            ledger.register(address, spec.code, spec.name, spec.credit_line)
+        addresses.append(address)
+    return addresses
+
+
+def apply_default_tariff(ledger: Ledger) -> None:
+    for category in CATEGORIES:
+        ledger.set_rate(
+            category.id, category.default_sync_units_per_record, category.default_fetch_units_per_record, category.name
+        )
+    ledger.set_platform_fee(DEFAULT_PLATFORM_FEE_BPS)
+
+
+def read_tariff(ledger: Ledger) -> Tariff:
+    rates = {}
+    for category in CATEGORIES:
+        sync, fetch, defined = ledger.call(ledger.contract.functions.rateOf(category.id))
+        if defined:
+            rates[category.id] = (int(sync), int(fetch))
+    return Tariff(rates, int(ledger.call(ledger.contract.functions.platformFeeBps())))
+
+
+def simulate_traffic(
+    session: Session,
+    wallets: list[str],
+    count: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+    validate_fhir: bool = True,
+) -> list[SignedInteraction]:
+    """Signed synthetic traffic between the institutions behind `wallets`; nonces reserved in the nonce book."""
+    ledger = session.ledger(as_operator=False)
+    tariff = read_tariff(ledger)
+    if not tariff.rates:
+        raise ValueError("no tariff is set: run `medmeter tariff default` first.")
+    participants = []
+    for wallet in wallets:
+        signer = session.keystores.unlock(wallet)
+        address = session.keystores.address(wallet)
+        info = ledger.institution(address)
+        position = ledger.position(address)
+        participants.append(
+            SimulatedInstitution(
+                address=address,
+                signer=signer,
+                credit_line=info.credit_line,
+                balance=position.balance,
+                debt=position.debt,
+                first_nonce=session.nonce_book.peek(address),
+            )
+        )
+    now = int(session.w3.eth.get_block("latest")["timestamp"])
+    items = simulate(
+        participants, tariff, ledger.domain, count, seed, now, progress=progress, validate_fhir=validate_fhir
+    )
+    for participant in participants:
+        used = sum(1 for item in items if item.interaction.institution == participant.address)
+        session.nonce_book.reserve(participant.address, used)
+    return items
+
+
+def balances(ledger: Ledger) -> list[BalanceRow]:
+    institutions = ledger.institutions()
+    head = ledger.w3.eth.block_number
+    tallies = tally(iter_interactions(ledger.w3, ledger.address, ledger.deployment.block, head))
+    positions: dict[str, Position] = {i.address: ledger.position(i.address, head) for i in institutions}
+    return balance_rows(institutions, positions, tallies)
+
+
+def format_balances(rows: list[BalanceRow]) -> str:
+    header = (
+        f"{'code':<10} {'institution':<30} {'status':<9} {'balance':>9} {'debt':>7} {'credited':>9} "
+        f"{'debited':>9} {'sync':>6} {'fetch':>6} {'exch':>6}  reconciles"
+    )
+    lines = [header, "-" * len(header)]
+    from medmeter.signing.interaction import Kind
+
+    for row in rows:
+        t = row.tally
+        lines.append(
+            f"{row.institution.code:<10} {row.institution.name[:30]:<30} {row.institution.status:<9} "
+            f"{row.position.balance:>9} {row.position.debt:>7} {t.credited:>9} {t.debited:>9} "
+            f"{t.counts[Kind.SYNC]:>6} {t.counts[Kind.FETCH]:>6} {t.counts[Kind.EXCHANGE]:>6}  "
+            f"{'yes' if row.reconciles else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def tariff_table(ledger: Ledger) -> str:
+    tariff = read_tariff(ledger)
+    lines = [f"{'category':<14} {'id':>3} {'sync/record':>12} {'fetch/record':>13}"]
+    for category_id, (sync, fetch) in sorted(tariff.rates.items()):
+        lines.append(f"{category_name(category_id):<14} {category_id:>3} {sync:>12} {fetch:>13}")
+    lines.append(f"platform fee on exchanges: {tariff.fee_bps} bps")
+    return "\n".join(lines)
+
+
+def wait_for_next_block(ledger: Ledger, timeout: float = 10.0) -> None:
+    """On an automining node a period needs at least one block of its own."""
+    start = ledger.w3.eth.block_number
+    deadline = time.monotonic() + timeout
+    while ledger.w3.eth.block_number == start and time.monotonic() < deadline:
+        ledger.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        time.sleep(0.05)

@@ -1,0 +1,183 @@
+"""The analyst's job for a closed period, end to end: bring the export up to date, settle and
+reconcile the period, write its CSVs and charts, anchor the settlement root and write every
+institution's verifiable statement. Used by `medmeter report/anchor/statement` and the demo."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.compute as pc
+
+from medmeter.app.session import Session
+from medmeter.chain.ledger import Ledger
+from medmeter.errors import MedmeterError
+from medmeter.export.exporter import Exporter, ExportResult, default_export_dir, read_export
+from medmeter.settlement.period import (
+    PeriodInfo,
+    PeriodSettlement,
+    SettlementFiles,
+    period_info,
+    settle_period,
+    write_settlement_csvs,
+)
+
+STATEMENTS_DIR = "statements"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    period: int
+    settlement_csv: Path
+    matrix_csv: Path
+    categories_csv: Path
+    charts: tuple[Path, ...]
+    export_dir: Path
+    root: str | None = None
+    anchor_tx: str | None = None  # None if the root was already anchored (or anchoring was not asked for)
+    statements_dir: Path | None = None
+    statements: tuple[Path, ...] = ()
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.settlement_csv, self.matrix_csv, self.categories_csv, *self.charts, *self.statements)
+
+
+def export_dir_for(session: Session, ledger: Ledger | None = None) -> Path:
+    ledger = ledger or session.ledger(as_operator=False)
+    return default_export_dir(session.workspace, ledger.deployment.chain_id, ledger.address)
+
+
+def update_export(
+    ledger: Ledger,
+    out_dir: Path,
+    *,
+    confirmations: int = 0,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> ExportResult:
+    return Exporter(ledger, out_dir).run(confirmations=confirmations, progress=progress, on_total=on_total)
+
+
+# What settlement, reconciliation and charts read from the export (the rest stays on disk).
+REPORT_COLUMNS = (
+    "block_number",
+    "tx_hash",
+    "log_index",
+    "period",
+    "kind",
+    "institution",
+    "counterparty",
+    "category",
+    "category_name",
+    "records",
+    "units",
+    "fee",
+)
+
+
+def load_period_rows(out_dir: Path, info: PeriodInfo) -> pd.DataFrame:
+    """The exported rows labelled with the period or inside its block range (both, if the export is sound)."""
+    block = pc.field("block_number")
+    where = (pc.field("period") == info.period) | ((block >= info.from_block) & (block <= info.to_block))
+    return read_export(out_dir, columns=REPORT_COLUMNS, where=where).to_pandas()
+
+
+def closed_periods(ledger: Ledger) -> list[int]:
+    current, _ = ledger.current_period()
+    return list(range(1, current))
+
+
+def settle_from_export(ledger: Ledger, export: ExportResult, period: int) -> PeriodSettlement:
+    """Settle `period` from an export that must cover the period's last block."""
+    info = period_info(ledger, period)
+    if export.last_block < info.to_block:
+        raise MedmeterError(
+            f"the export reaches block {export.last_block} but period {period} ends at block {info.to_block}: "
+            "wait for more confirmations or lower --confirmations, then report again."
+        )
+    return settle_period(ledger, load_period_rows(export.out_dir, info), period)
+
+
+def write_report_files(
+    settlement: PeriodSettlement, reports_dir: Path, *, charts: bool = True
+) -> tuple[SettlementFiles, tuple[Path, ...]]:
+    files = write_settlement_csvs(settlement, reports_dir)
+    chart_files: tuple[Path, ...] = ()
+    if charts:
+        from medmeter.settlement.charts import write_charts
+
+        chart_files = write_charts(settlement, reports_dir).all()
+    return files, chart_files
+
+
+def write_period_reports(
+    session: Session,
+    period: int,
+    echo: Callable[[str], Any],
+    *,
+    reports_dir: Path | None = None,
+    export_dir: Path | None = None,
+    anchor: bool = True,
+    statements: bool = True,
+) -> ReportPaths:
+    """Export, settle and reconcile `period`; write its CSVs and charts; anchor its root (operator's
+    settler role) and write every institution's statement to reports/statements/. Echoes where."""
+    from medmeter.statement.statements import anchor_settlement, write_statements
+
+    started = time.perf_counter()
+    reports_dir = reports_dir or session.workspace.reports_dir
+    reader = session.ledger(as_operator=False)
+    out_dir = export_dir or export_dir_for(session, reader)
+    export = update_export(reader, out_dir)
+    settlement = settle_from_export(reader, export, period)
+    files, chart_files = write_report_files(settlement, reports_dir)
+    root = anchor_tx = None
+    statement_paths: tuple[Path, ...] = ()
+    statements_dir = None
+    if anchor:
+        result = anchor_settlement(session.ledger(), settlement)
+        root, anchor_tx = result.root, result.tx_hash
+    if statements:
+        statements_dir = reports_dir / STATEMENTS_DIR
+        statement_paths = tuple(write_statements(settlement, reader, statements_dir))
+    seconds = time.perf_counter() - started
+
+    info = settlement.info
+    echo(
+        f"exported {export.rows_total:,} interactions ({export.rows_new:,} new) to {out_dir} "
+        f"(parquet parts + {export.csv_path.name}) in {export.seconds:.2f} s"
+    )
+    echo(
+        f"period {period} (blocks {info.from_block}..{info.to_block}): {len(settlement.interactions):,} interactions, "
+        f"{len(settlement.rows)} institutions, reconciled unit for unit with the contract at block {info.to_block}"
+    )
+    echo(f"  settlement:        {files.settlement_csv}")
+    echo(f"  exchange matrix:   {files.matrix_csv}")
+    echo(f"  categories:        {files.categories_csv}")
+    for chart in chart_files:
+        echo(f"  chart:             {chart}")
+    if root is not None:
+        how = f"in tx {anchor_tx}" if anchor_tx else "(already anchored)"
+        echo(f"  settlement root:   {root} anchored on chain {how}")
+    if statements_dir is not None:
+        echo(
+            f"  statements:        {len(statement_paths)} in {statements_dir}/ "
+            "(check one with: medmeter verify-statement FILE)"
+        )
+    echo(f"  report time:       {seconds:.2f} s")
+    return ReportPaths(
+        period=period,
+        settlement_csv=files.settlement_csv,
+        matrix_csv=files.matrix_csv,
+        categories_csv=files.categories_csv,
+        charts=chart_files,
+        export_dir=out_dir,
+        root=root,
+        anchor_tx=anchor_tx,
+        statements_dir=statements_dir,
+        statements=statement_paths,
+    )

@@ -1,0 +1,106 @@
+"""What a command needs, built once per invocation: workspace, node, keystores, ledger.
+
+Passed explicitly (no module-level state), so tests and scripts can build their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from eth_utils import is_address, to_checksum_address
+from web3 import Web3
+
+from medmeter.chain.deployment import Deployment, load_deployment
+from medmeter.chain.ledger import Ledger
+from medmeter.chain.rpc import RPC_URL_ENV, connect
+from medmeter.errors import MedmeterError, WalletError
+from medmeter.signing.nonces import NonceBook
+from medmeter.signing.wallets import DEFAULT_SCRYPT_N, KeystoreDirectory, password_from_env_or_prompt
+from medmeter.toolchain import devnet
+from medmeter.workspace import Workspace
+
+SCRYPT_N_ENV = "MEDMETER_SCRYPT_N"
+OPERATOR_WALLET = "operator"
+DEV_FUNDING_WEI = 10**24
+
+
+@dataclass
+class Session:
+    workspace: Workspace
+    rpc_url_option: str | None = None
+    operator_name: str = OPERATOR_WALLET
+    deployment_file: Path | None = None
+    prompt: Callable[[str], str] | None = None
+    _ledgers: dict[bool, Ledger] = field(default_factory=dict, init=False)
+
+    @cached_property
+    def rpc_url(self) -> str:
+        if self.rpc_url_option:
+            return self.rpc_url_option
+        if env := os.environ.get(RPC_URL_ENV):
+            return env
+        info = devnet.read_info(self.workspace)
+        if info is None:
+            raise MedmeterError(
+                f"no node to talk to: start the devnet with `medmeter devnet up`, or pass --rpc-url (or set "
+                f"{RPC_URL_ENV})."
+            )
+        return info.rpc_url
+
+    @cached_property
+    def w3(self) -> Web3:
+        return connect(self.rpc_url)
+
+    @cached_property
+    def keystores(self) -> KeystoreDirectory:
+        scrypt_n = int(os.environ.get(SCRYPT_N_ENV, DEFAULT_SCRYPT_N))
+        return KeystoreDirectory(self.workspace.keystore_dir, password_from_env_or_prompt(self.prompt), scrypt_n)
+
+    @cached_property
+    def nonce_book(self) -> NonceBook:
+        return NonceBook(self.workspace.state_dir / "nonces.json")
+
+    @cached_property
+    def deployment(self) -> Deployment:
+        return load_deployment(self.workspace, self.w3, self.deployment_file)
+
+    def ledger(self, *, as_operator: bool = True) -> Ledger:
+        if as_operator not in self._ledgers:
+            sender = self.operator() if as_operator else None
+            self._ledgers[as_operator] = Ledger(self.w3, self.deployment, sender)
+        return self._ledgers[as_operator]
+
+    def operator(self):  # -> LocalAccount
+        if not self.keystores.exists(self.operator_name):
+            raise WalletError(
+                f"no operator keystore {self.operator_name!r}: create it with `medmeter wallet new "
+                f"{self.operator_name}` (the demo does this for you)."
+            )
+        account = self.keystores.unlock(self.operator_name)
+        self.ensure_funded(account.address)
+        return account
+
+    def ensure_funded(self, address: str) -> None:
+        """On a dev node (anvil/ganache) give a key with no ether some, so it can pay for gas."""
+        if self.w3.eth.get_balance(address) > 0:
+            return
+        for method in ("anvil_setBalance", "evm_setAccountBalance"):
+            response = self.w3.provider.make_request(method, [address, hex(DEV_FUNDING_WEI)])  # type: ignore[arg-type]
+            if "error" not in response:
+                return
+        raise WalletError(
+            f"account {address} has no ether on chain {self.w3.eth.chain_id} to pay gas: fund it from the "
+            "node's faucet or an administrator account."
+        )
+
+    def resolve_address(self, value: str) -> str:
+        """An address given as 0x… or as a keystore name."""
+        if is_address(value):
+            return to_checksum_address(value)
+        if self.keystores.exists(value):
+            return self.keystores.address(value)
+        raise MedmeterError(f"{value!r} is neither an address nor a keystore name: see `medmeter wallet list`.")

@@ -1,0 +1,335 @@
+"""The analyst's commands: export, report, anchor, statement, verify-statement."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medmeter.cli.context import session_of
+from medmeter.cli.options import confirmations_option
+from medmeter.errors import InputError, MedmeterError, WalletError
+
+
+@contextmanager
+def _block_progress(label: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """(on_total, update) for a tqdm bar over blocks; silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=0, desc=label, unit="block", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+
+        def on_total(total: int) -> None:
+            bar.reset(total=total)
+
+        yield on_total, bar.update
+
+
+def _run_export(ctx: click.Context, *, out: Path | None = None, confirmations: int = 0, **options: Any) -> Any:
+    from medmeter.app.pipeline import export_dir_for
+    from medmeter.export.exporter import Exporter
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    out_dir = out or export_dir_for(session, ledger)
+    restart = options.pop("restart", False)
+    to_block = options.pop("to_block", None)
+    with _block_progress("export") as (on_total, update):
+        result = Exporter(ledger, out_dir, **options).run(
+            to_block=to_block, confirmations=confirmations, restart=restart, progress=update, on_total=on_total
+        )
+    if result.reorg is not None:
+        reorg = result.reorg
+        click.echo(
+            f"reorg: block {reorg.detected_at} is no longer on the chain; "
+            + (
+                "no common block found among the kept hashes, exported everything again"
+                if reorg.full_reexport
+                else f"rewound to block {reorg.fork_block} and exported the blocks after it again"
+            )
+            + f" ({reorg.rows_dropped} stale row(s) dropped)",
+            err=True,
+        )
+    if result.orphans_removed:
+        click.echo(f"resumed an interrupted export: removed {result.orphans_removed} unfinished part file(s)", err=True)
+    return result
+
+
+def _period_choice(ledger: Any, period: int | None, all_periods: bool) -> list[int]:
+    from medmeter.app.pipeline import closed_periods
+
+    closed = closed_periods(ledger)
+    if all_periods == (period is not None):
+        raise click.UsageError("give either --period P or --all.")
+    if all_periods:
+        if not closed:
+            raise MedmeterError("no settlement period is closed yet: close one with `medmeter period close`.")
+        return closed
+    assert period is not None
+    if period not in closed:
+        raise MedmeterError(
+            f"period {period} is not closed (closed: {', '.join(map(str, closed)) or 'none'}): close it with "
+            "`medmeter period close` or pick another."
+        )
+    return [period]
+
+
+def _resolve_institution(session: Any, ledger: Any, value: str) -> str:
+    """An institution given as an address, a keystore name or an institution code."""
+    from eth_utils import is_address, to_checksum_address
+
+    from medmeter.chain.ledger import code_to_bytes32
+
+    if is_address(value):
+        return to_checksum_address(value)
+    try:
+        is_keystore = session.keystores.exists(value)
+    except WalletError:  # not a valid keystore name, e.g. an upper-case institution code
+        is_keystore = False
+    if is_keystore:
+        return session.keystores.address(value)
+    address = ledger.call(ledger.contract.functions.institutionByCode(code_to_bytes32(value)))
+    if int(address, 16) == 0:
+        raise InputError(
+            f"{value!r} is not an address, a keystore here or a registered institution code: see "
+            "`medmeter institution list`."
+        )
+    return to_checksum_address(address)
+
+
+_EXPORT_DIR_OPTION = click.option(
+    "--export-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The export folder to bring up to date and read (default: reports/export/<chain-id>-<ledger>/).",
+)
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+@click.command("export")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Export folder. Default: reports/export/<chain-id>-<ledger>/.",
+)
+@confirmations_option
+@click.option(
+    "--chunk-blocks",
+    type=click.IntRange(1),
+    default=2_000,
+    show_default=True,
+    help="Blocks per eth_getLogs request and per parquet part file.",
+)
+@click.option("--to-block", type=click.IntRange(0), help="Stop at this block (default: the head).")
+@click.option("--restart", is_flag=True, help="Forget the checkpoint and export from the deployment block again.")
+@click.option("--no-csv", is_flag=True, help="Skip the full CSV view (parquet parts only).")
+@click.pass_context
+def export_cmd(
+    ctx: click.Context,
+    out: Path | None,
+    confirmations: int,
+    chunk_blocks: int,
+    to_block: int | None,
+    restart: bool,
+    no_csv: bool,
+) -> None:
+    """Export every recorded interaction to parquet and CSV, one row per interaction.
+
+    Incremental: a checkpoint keeps the last exported block and its hash, so a second run reads only
+    new blocks and an interrupted run resumes without duplicates. A reorg below the checkpoint is
+    detected and the affected blocks are exported again. Read the parquet parts with
+    `medmeter.export.exporter.read_export(folder)` (it ignores unfinished parts) or use interactions.csv."""
+    result = _run_export(
+        ctx,
+        out=out,
+        confirmations=confirmations,
+        chunk_blocks=chunk_blocks,
+        to_block=to_block,
+        restart=restart,
+        write_csv=not no_csv,
+    )
+    scanned = result.last_block - result.first_block + 1
+    rate = result.rows_new / result.seconds if result.seconds > 0 else 0.0
+    click.echo(
+        f"exported {result.rows_new:,} new interaction(s) from {max(scanned, 0):,} block(s) in {result.seconds:.2f} s "
+        f"({rate:,.0f}/s); {result.rows_total:,} in total up to block {result.last_block} (head {result.head})"
+    )
+    click.echo(f"parquet: {result.parquet_dir}/")
+    if not no_csv:
+        click.echo(f"csv:     {result.csv_path}")
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+@click.command("report")
+@click.option("--period", type=click.IntRange(1), help="The closed period to report.")
+@click.option("--all", "all_periods", is_flag=True, help="Report every closed period.")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the CSVs and charts. Default: reports/.",
+)
+@click.option("--no-charts", is_flag=True, help="Write the CSVs only.")
+@confirmations_option
+@_EXPORT_DIR_OPTION
+@click.pass_context
+def report_cmd(
+    ctx: click.Context,
+    period: int | None,
+    all_periods: bool,
+    out_dir: Path | None,
+    no_charts: bool,
+    confirmations: int,
+    export_dir: Path | None,
+) -> None:
+    """Settle closed periods from the exported events and reconcile them with the contract.
+
+    Writes reports/settlement-<P>.csv (one row per institution), the exchange matrix and the
+    per-category breakdown as CSV, and PNG charts beside them. Fails (exit 1) naming the
+    institution and the difference if events and contract state disagree at the period's end."""
+    from medmeter.app.pipeline import settle_from_export, write_report_files
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    periods = _period_choice(ledger, period, all_periods)
+    export = _run_export(ctx, out=export_dir, confirmations=confirmations)
+    reports_dir = out_dir or session.workspace.reports_dir
+    for number in periods:
+        settlement = settle_from_export(ledger, export, number)
+        files, charts = write_report_files(settlement, reports_dir, charts=not no_charts)
+        info = settlement.info
+        click.echo(
+            f"period {number} (blocks {info.from_block}..{info.to_block}): {len(settlement.interactions):,} "
+            f"interactions, {len(settlement.rows)} institutions, reconciled with the contract"
+        )
+        for path in (files.settlement_csv, files.matrix_csv, files.categories_csv, *charts):
+            click.echo(f"  {path}")
+
+
+# ---------------------------------------------------------------------------------- anchor, statements
+
+
+@click.command("anchor")
+@click.option("--period", type=click.IntRange(1), required=True, help="The closed period to anchor.")
+@_EXPORT_DIR_OPTION
+@click.pass_context
+def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None:
+    """Anchor the Merkle root of a period's settlement rows on chain (settler role, --operator).
+
+    Computes the rows exactly as `report` does (reconciled), builds the tree of their leaves and
+    calls anchorSettlement. Anchoring the same root again is a no-op; a different root is refused."""
+    from medmeter.app.pipeline import settle_from_export
+    from medmeter.statement.statements import anchor_settlement
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    _period_choice(ledger, period, False)
+    export = _run_export(ctx, out=export_dir)
+    settlement = settle_from_export(ledger, export, period)
+    result = anchor_settlement(session.ledger(), settlement)
+    if result.tx_hash is None:
+        click.echo(f"period {period} is already anchored with root {result.root} ({result.institution_count} rows)")
+    else:
+        click.echo(
+            f"anchored period {period}: root {result.root} over {result.institution_count} institutions "
+            f"(tx {result.tx_hash})"
+        )
+
+
+@click.command("statement")
+@click.option(
+    "--institution", "who", required=True, help="Address, keystore name or institution code of the institution."
+)
+@click.option("--period", type=click.IntRange(1), required=True, help="The closed, anchored period.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Statement file. Default: reports/statements/statement-<period>-<code>-<address>.json.",
+)
+@_EXPORT_DIR_OPTION
+@click.pass_context
+def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None, export_dir: Path | None) -> None:
+    """Write an institution's settlement statement for a period: its row, the Merkle proof, the
+    anchored root, the ledger address and the chain id. Anyone can check it with verify-statement."""
+    from medmeter.app.pipeline import STATEMENTS_DIR, settle_from_export
+    from medmeter.statement.statements import build_statements, statement_path, write_statement
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    address = _resolve_institution(session, ledger, who)
+    _period_choice(ledger, period, False)
+    export = _run_export(ctx, out=export_dir)
+    settlement = settle_from_export(ledger, export, period)
+    statements = build_statements(settlement, ledger)
+    if address not in statements:
+        raise MedmeterError(
+            f"{address} has no row in period {period}: it was not registered by block {settlement.info.to_block}."
+        )
+    statement = statements[address]
+    path = output or statement_path(session.workspace.reports_dir / STATEMENTS_DIR, period, statement["code"], address)
+    write_statement(statement, path)
+    row = statement["row"]
+    click.echo(
+        f"{statement['code']} period {period}: credited {row['credited']}, debited {row['debited']}, closing balance "
+        f"{row['closing_balance']}, debt {row['closing_debt']}"
+    )
+    click.echo(f"statement: {path}")
+
+
+@click.command("verify-statement")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--ledger",
+    "expected_ledger",
+    help="The ledger address you trust; the statement must name it. Default: this workspace's deployment, if any.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.pass_context
+def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | None, as_json: bool) -> None:
+    """Check a settlement statement against the chain, trusting nothing but the node.
+
+    Recomputes the leaf and the Merkle root in Python, compares the root with the one anchored on
+    chain, asks the contract's verifySettlementRow view, and checks the closing balance and debt
+    against the contract's state at the period's last block. Needs only --rpc-url (no deployment
+    file, no keystore). Exits 1 with the reason if any check fails."""
+    from medmeter.statement.statements import StatementError, failure_sentence, load_statement, verify_statement
+
+    session = session_of(ctx)
+    statement = load_statement(file)
+    pinned_by = "--ledger" if expected_ledger else None
+    if expected_ledger is None:
+        expected_ledger, pinned_by = _workspace_ledger(session)
+    result = verify_statement(session.w3, statement, expected_ledger)
+    if as_json:
+        click.echo(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks], indent=2))
+    else:
+        for check in result.checks:
+            click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<16} {check.detail}")
+    if not result.ok:
+        raise StatementError(failure_sentence(result, file))
+    click.echo(
+        f"statement {file} verifies: period {statement['period']} row of {statement['row']['institution']} is part of "
+        f"the settlement anchored in ledger {statement['ledger']} on chain {statement['chain_id']}"
+    )
+    if pinned_by is None:
+        click.echo("(pass --ledger ADDRESS to also pin the ledger address you trust)")
+    else:
+        click.echo(f"(ledger address pinned by {pinned_by})")
+
+
+def _workspace_ledger(session: Any) -> tuple[str | None, str | None]:
+    """The ledger address of this workspace's deployment file for the node's chain, if there is one."""
+    from medmeter.chain.deployment import deployment_path
+
+    path = deployment_path(session.workspace, session.w3.eth.chain_id)
+    try:
+        return str(json.loads(path.read_text())["address"]), str(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None

@@ -1,0 +1,160 @@
+"""Signed interactions: `sign` (institution side), `simulate`, and `relay` (platform side)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medmeter.cli.context import progress_bar, session_of
+from medmeter.cli.options import EXIT_REJECTED, batch_size_option
+from medmeter.errors import MedmeterError
+
+
+@click.command()
+@click.argument("payload", type=click.Path(path_type=Path))
+@click.option("--wallet", required=True, help="The signing institution's keystore name.")
+@click.option("--kind", type=click.Choice(["sync", "fetch", "exchange"]), required=True)
+@click.option("--counterparty", help="Exchange only: the providing institution (keystore name or address).")
+@click.option("--category", help="Category name or id (inferred from a FHIR bundle if omitted).")
+@click.option("--any-file", is_flag=True, help="PAYLOAD is not a FHIR bundle: give --category and --records.")
+@click.option("--records", type=int, help="Record count, with --any-file.")
+@click.option("--nonce", type=click.IntRange(0, 2**256 - 1), help="Default: the next one from the nonce book.")
+@click.option(
+    "--valid-for",
+    type=click.IntRange(60),
+    default=7 * 24 * 3600,
+    show_default=True,
+    help="Seconds until the signature expires.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON-lines file to append to.",
+)
+@click.pass_context
+def sign(
+    ctx: click.Context,
+    payload: Path,
+    wallet: str,
+    kind: str,
+    counterparty: str | None,
+    category: str | None,
+    any_file: bool,
+    records: int | None,
+    nonce: int | None,
+    valid_for: int,
+    output: Path,
+) -> None:
+    """Sign one interaction about PAYLOAD (institution side). Only its hash, category and record
+    count are signed; the payload never leaves this machine."""
+    from medmeter.errors import InputError
+    from medmeter.intake.payload import summarize_path
+    from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, Kind, iter_json_lines, sign_interaction
+
+    session = session_of(ctx)
+    summary = summarize_path(payload, category, records, any_file)
+    kind_value = Kind.parse(kind)
+    if (kind_value is Kind.EXCHANGE) != (counterparty is not None):
+        raise InputError("--counterparty is required for an exchange and not allowed otherwise.")
+    account = session.keystores.unlock(wallet)
+    ledger = session.ledger(as_operator=False)
+    institution_address = ledger.call(ledger.contract.functions.institutionBySigner(account.address))
+    if int(institution_address, 16) == 0:
+        raise InputError(f"wallet {wallet} ({account.address}) is not the signer of any registered institution.")
+    interaction = Interaction(
+        kind=kind_value,
+        institution=institution_address,
+        counterparty=session.resolve_address(counterparty) if counterparty else ZERO_ADDRESS,
+        category=summary.category,
+        records=summary.records,
+        data_hash=summary.data_hash,
+        nonce=nonce if nonce is not None else session.nonce_book.reserve(institution_address),
+        deadline=int(time.time()) + valid_for,
+    )
+    signed = sign_interaction(interaction, ledger.domain, account)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as handle:
+        handle.writelines(iter_json_lines([signed]))
+    click.echo(
+        f"signed {kind} of {summary.records} record(s), category {summary.category}, "
+        f"nonce {interaction.nonce} -> {output}"
+    )
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@batch_size_option
+@click.option(
+    "--rejected", type=click.Path(dir_okay=False, path_type=Path), help="Write refused items here (JSON lines)."
+)
+@click.pass_context
+def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected: Path | None) -> None:
+    """Record signed interactions from FILES in batches (platform side).
+
+    Items already on chain are skipped (a rerun after a crash records nothing twice); an item
+    the ledger refuses is reported with its reason and the rest are recorded. Exits 3 if any
+    item was refused."""
+    from medmeter.fileio import write_atomic
+    from medmeter.relay.engine import relay as relay_items
+    from medmeter.signing.interaction import iter_json_lines, read_signed
+
+    items = [item for path in files for item in read_signed(path)]
+    ledger = session_of(ctx).ledger()
+    started = time.perf_counter()
+    with progress_bar(len(items), "relay") as progress:
+        report = relay_items(ledger, items, batch_size=batch_size, progress=progress)
+    elapsed = time.perf_counter() - started
+    for rejection in report.rejected:
+        click.echo(
+            f"item {rejection.index} (nonce {rejection.item.interaction.nonce}) refused: {rejection.reason}", err=True
+        )
+    if rejected and report.rejected:
+        write_atomic(rejected, "".join(iter_json_lines(r.item for r in report.rejected)))
+    click.echo(
+        f"recorded {len(report.recorded)}, already recorded {len(report.already_recorded)}, refused "
+        f"{len(report.rejected)} in {len(report.transactions)} transaction(s), {elapsed:.1f} s; "
+        f"{report.gas_per_interaction:,.0f} gas per interaction"
+    )
+    if report.rejected:
+        saved = f" (saved to {rejected})" if rejected else ""
+        others = len(items) - len(report.rejected)
+        on_ledger = f"; the other {others} are on the ledger" if others else ""
+        click.echo(
+            f"error: {len(report.rejected)} of {len(items)} interaction(s) refused{saved}, for the reasons above"
+            f"{on_ledger}. Fix or re-sign the refused ones and relay them again.",
+            err=True,
+        )
+        ctx.exit(EXIT_REJECTED)
+
+
+@click.command()
+@click.option("--count", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True, help="Same seed, same traffic.")
+@click.option("--wallet", "wallets", multiple=True, help="Institution keystores taking part (default: all registered).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.pass_context
+def simulate(ctx: click.Context, count: int, seed: int, wallets: tuple[str, ...], output: Path) -> None:
+    """Write COUNT signed synthetic interactions, each from a generated FHIR bundle, to OUTPUT."""
+    from medmeter.app.operations import simulate_traffic
+    from medmeter.fileio import write_atomic
+    from medmeter.signing.interaction import iter_json_lines
+
+    session = session_of(ctx)
+    names = list(wallets) or _registered_wallets(session)
+    with progress_bar(count, "sign") as progress:
+        items = simulate_traffic(session, names, count, seed, progress)
+    write_atomic(output, "".join(iter_json_lines(items)))
+    click.echo(f"wrote {len(items)} signed interactions from {len(names)} institutions to {output}")
+
+
+def _registered_wallets(session: Any) -> list[str]:
+    registered = {i.address for i in session.ledger(as_operator=False).institutions() if i.status == "active"}
+    names = [n for n in session.keystores.names() if session.keystores.address(n) in registered]
+    if len(names) < 2:
+        raise MedmeterError("simulation needs at least two registered institutions with keystores here.")
+    return names

@@ -1,0 +1,840 @@
+"""Exporting the ledger's events to a tidy dataset: incremental, resumable and reorg-safe.
+
+Layout of an export folder (default `reports/export/<chain-id>-<ledger>/`):
+
+    checkpoint.json           what is exported: last block and its hash, the part files, recent
+                              block hashes, institutions and closed periods seen so far
+    interactions/part-*.parquet
+                              the rows, one file per exported chunk of blocks (parquet dataset)
+    interactions.csv          the same rows as one CSV (a derived view, rewritten atomically)
+    institutions.csv, periods.csv
+                              small derived views of the registry and the closed periods
+
+The checkpoint is the only source of truth: a part file is written (atomically) before the
+checkpoint that lists it, so a run killed in between leaves an orphan part that the next run
+deletes before it exports that chunk again. Use `read_export` (not a glob) to read the rows.
+
+Reorgs: every chunk starts by checking that the block the checkpoint ends at still has the
+recorded hash. If not, the newest block among the recent hashes kept in the checkpoint (the
+last 128 blocks plus every chunk end and block with events) that still matches the chain is
+the fork point; rows after it are dropped and exported again. Hashes are always fetched before
+the logs they vouch for, so a reorg racing the export is caught by the next check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from medmeter.chain.ledger import Ledger
+from medmeter.errors import ChainMovedError, ExportStateError, MedmeterError, RpcUnavailableError
+from medmeter.export.events import (
+    EXPORT_TOPICS,
+    INSTITUTION_REGISTERED_TOPIC,
+    INTERACTION_RECORDED_TOPIC,
+    INTERACTION_SCHEMA,
+    PERIOD_CLOSED_TOPIC,
+    decode_interaction_logs,
+    decode_period_close,
+    decode_registration,
+    interaction_table,
+    split_by_topic,
+)
+from medmeter.fileio import write_atomic, write_json_atomic
+from medmeter.workspace import Workspace
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILE = "checkpoint.json"
+PARTS_DIR = "interactions"
+CSV_FILE = "interactions.csv"
+INSTITUTIONS_CSV = "institutions.csv"
+PERIODS_CSV = "periods.csv"
+DEFAULT_CHUNK_BLOCKS = 2_000
+# Requests start this many blocks wide and adapt to the event density (see Exporter._next_span).
+INITIAL_SPAN = 64
+TARGET_ROWS_PER_REQUEST = 5_000
+# A part file is written (and checkpointed) at --chunk-blocks blocks or this many rows, whichever comes first.
+PART_ROWS = 250_000
+REORG_WINDOW = 128
+BLOCK_BATCH = 500
+# More part files than this and the finalized ones (older than the reorg window) are merged.
+MAX_PARTS = 64
+# Consecutive chunks the chain may move under before the export gives up.
+MAX_CHAIN_MOVES = 8
+
+INSTITUTIONS_SCHEMA = pa.schema(
+    [("address", pa.string()), ("code", pa.string()), ("name", pa.string()), ("registered_in_block", pa.int64())]
+)
+PERIODS_SCHEMA = pa.schema(
+    [("period", pa.int64()), ("from_block", pa.int64()), ("to_block", pa.int64()), ("closed_in_block", pa.int64())]
+)
+
+FaultHook = Callable[[str, int], None]
+
+
+def default_export_dir(workspace: Workspace, chain_id: int, ledger_address: str) -> Path:
+    return workspace.reports_dir / "export" / f"{chain_id}-{ledger_address}"
+
+
+# ---------------------------------------------------------------------------------- raw JSON-RPC
+
+
+def fetch_logs(w3: Any, address: str, topics: Sequence[str], start: int, end: int) -> list[dict[str, Any]]:
+    """Raw `eth_getLogs` for any of `topics` (topic 0); halves the range when the node refuses it
+    (result limits), down to single blocks."""
+    response = w3.provider.make_request(
+        "eth_getLogs",
+        [{"address": address, "topics": [list(topics)], "fromBlock": hex(start), "toBlock": hex(end)}],
+    )
+    if "error" not in response:
+        return response["result"]
+    if end > start:
+        middle = (start + end) // 2
+        return fetch_logs(w3, address, topics, start, middle) + fetch_logs(w3, address, topics, middle + 1, end)
+    raise RpcUnavailableError(
+        f"eth_getLogs for block {start} failed: {response['error']}; check the node (`medmeter devnet status`) "
+        "and run the export again, it resumes where it stopped."
+    )
+
+
+def fetch_blocks(w3: Any, numbers: Sequence[int]) -> dict[int, dict[str, Any] | None]:
+    """Raw block headers (without transactions) by number, in JSON-RPC batches; None if beyond the head."""
+    out: dict[int, dict[str, Any] | None] = {}
+    numbers = list(dict.fromkeys(numbers))
+    for start in range(0, len(numbers), BLOCK_BATCH):
+        chunk = numbers[start : start + BLOCK_BATCH]
+        if len(chunk) == 1:
+            responses = [w3.provider.make_request("eth_getBlockByNumber", [hex(chunk[0]), False])]
+        else:
+            responses = w3.provider.make_batch_request([("eth_getBlockByNumber", [hex(n), False]) for n in chunk])
+        if not isinstance(responses, list) or len(responses) != len(chunk):
+            raise RpcUnavailableError(
+                f"the node answered a batch of {len(chunk)} block requests with {responses!r:.200}: check that it "
+                "supports JSON-RPC batches, then run the export again."
+            )
+        for number, response in zip(chunk, responses, strict=True):
+            if "error" in response:
+                raise RpcUnavailableError(
+                    f"eth_getBlockByNumber {number} failed: {response['error']}; run the export again."
+                )
+            out[number] = response["result"]
+    return out
+
+
+def block_hashes(w3: Any, numbers: Sequence[int]) -> dict[int, str | None]:
+    return {n: (b["hash"] if b else None) for n, b in fetch_blocks(w3, [n for n in numbers if n >= 0]).items()}
+
+
+# ---------------------------------------------------------------------------------- checkpoint
+
+
+@dataclass
+class Part:
+    file: str
+    from_block: int
+    to_block: int
+    rows: int
+
+
+@dataclass
+class Checkpoint:
+    chain_id: int
+    ledger: str
+    deployment_block: int
+    deployment_tx: str
+    last_block: int
+    last_block_hash: str | None
+    next_part: int = 1
+    parts: list[Part] = field(default_factory=list)
+    recent_hashes: dict[int, str] = field(default_factory=dict)
+    institutions: list[dict[str, Any]] = field(default_factory=list)
+    periods: list[dict[str, Any]] = field(default_factory=list)
+    views_block: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "chain_id": self.chain_id,
+            "ledger": self.ledger,
+            "deployment_block": self.deployment_block,
+            "deployment_tx": self.deployment_tx,
+            "last_block": self.last_block,
+            "last_block_hash": self.last_block_hash,
+            "next_part": self.next_part,
+            "parts": [vars(p) for p in self.parts],
+            "recent_hashes": [[b, h] for b, h in sorted(self.recent_hashes.items())],
+            "institutions": self.institutions,
+            "periods": self.periods,
+            "views_block": self.views_block,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
+        if data.get("format") != CHECKPOINT_FORMAT:
+            raise KeyError("format")
+        return cls(
+            chain_id=int(data["chain_id"]),
+            ledger=str(data["ledger"]),
+            deployment_block=int(data["deployment_block"]),
+            deployment_tx=str(data["deployment_tx"]),
+            last_block=int(data["last_block"]),
+            last_block_hash=data["last_block_hash"],
+            next_part=int(data["next_part"]),
+            parts=[Part(**p) for p in data["parts"]],
+            recent_hashes={int(b): str(h) for b, h in data["recent_hashes"]},
+            institutions=list(data["institutions"]),
+            periods=list(data["periods"]),
+            views_block=data.get("views_block"),
+        )
+
+
+@dataclass(frozen=True)
+class ReorgRepair:
+    detected_at: int  # the checkpoint's block whose hash no longer matched
+    fork_block: int  # the newest block still on the chain; rows after it were exported again
+    rows_dropped: int
+    full_reexport: bool
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    rows_total: int
+    rows_new: int  # rows written by this run (including rows exported again after a reorg)
+    first_block: int  # first block scanned by this run (last_block + 1 if nothing was scanned)
+    last_block: int  # the dataset now covers deployment block .. last_block
+    head: int
+    chunks: int  # part files (chunks of up to --chunk-blocks blocks) checkpointed by this run
+    seconds: float
+    orphans_removed: int
+    reorg: ReorgRepair | None
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out_dir / CSV_FILE
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.out_dir / PARTS_DIR
+
+
+# ---------------------------------------------------------------------------------- the exporter
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportStateError(
+                f"another medmeter export is writing {out_dir}: wait for it to finish, then run this one again."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """One request's answers from the node, not yet checked or decoded."""
+
+    previous: int
+    start: int
+    end: int
+    before: dict[int, str | None]
+    by_topic: dict[str, list[dict[str, Any]]]
+    headers: dict[int, dict[str, Any] | None] | None
+    after: dict[int, str | None]
+
+
+@dataclass
+class _Pending:
+    """Blocks read since the checkpoint but not yet written: one part file in the making."""
+
+    first_block: int
+    last_block: int
+    last_hash: str | None
+    institutions: list[dict[str, Any]]
+    periods: list[dict[str, Any]]
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    hashes: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def after(cls, state: Checkpoint) -> _Pending:
+        return cls(
+            state.last_block + 1,
+            state.last_block,
+            state.last_block_hash,
+            list(state.institutions),
+            list(state.periods),
+        )
+
+    def ready(self, target: int, chunk_blocks: int) -> bool:
+        blocks = self.last_block - self.first_block + 1
+        return blocks > 0 and (self.last_block >= target or blocks >= chunk_blocks or self.rows >= PART_ROWS)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Bulk JSON parsing and decoding allocate millions of objects that live on: the cyclic garbage
+    collector would rescan them over and over for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class Exporter:
+    """Exports one ledger's events into `out_dir`; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        out_dir: Path,
+        *,
+        chunk_blocks: int = DEFAULT_CHUNK_BLOCKS,
+        write_csv: bool = True,
+        fault: FaultHook | None = None,
+    ) -> None:
+        if chunk_blocks < 1:
+            raise ValueError("chunk_blocks must be at least 1")
+        self.ledger = ledger
+        self.w3 = ledger.w3
+        self.out_dir = out_dir
+        self.chunk_blocks = chunk_blocks
+        self.write_csv = write_csv
+        self.fault = fault
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_FILE
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.out_dir / PARTS_DIR
+
+    # ------------------------------------------------------------------ public
+
+    def run(
+        self,
+        *,
+        to_block: int | None = None,
+        confirmations: int = 0,
+        restart: bool = False,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> ExportResult:
+        """Export new blocks up to `to_block` (default: the head), never past head - confirmations."""
+        started = time.perf_counter()
+        with _locked(self.out_dir):
+            head = self.w3.eth.block_number
+            target = head - confirmations
+            if to_block is not None:
+                target = min(target, to_block)
+            state = self._fresh() if restart else self._load()
+            if restart:
+                self._save(state)
+            orphans = self._remove_orphans(state)
+            reorg = self._repair_reorg(state)
+            first_block = state.last_block + 1
+            if on_total is not None:
+                on_total(max(0, target - state.last_block))
+            parts = rows_new = moves = 0
+            span = min(self.chunk_blocks, INITIAL_SPAN)
+            pending = _Pending.after(state)
+
+            def plan(previous: int) -> tuple[int, int, int]:
+                """(previous, start, end) of the request after block `previous`, inside one part."""
+                first = previous + 1
+                part_first = pending.first_block
+                if first > part_first + self.chunk_blocks - 1:
+                    part_first = first
+                return previous, first, min(first + span - 1, target, part_first + self.chunk_blocks - 1)
+
+            # One request is always in flight on a worker thread while this thread decodes the
+            # previous one: the node prepares logs while we parse them.
+            with ThreadPoolExecutor(1, thread_name_prefix="medmeter-export") as pool, _gc_paused():
+                in_flight: Future[_Raw] | None = None
+                while state.last_block < target:
+                    if pending.ready(target, self.chunk_blocks):
+                        rows_new += self._flush(state, pending, parts)
+                        parts += 1
+                        pending = _Pending.after(state)
+                        continue
+                    if in_flight is None:
+                        in_flight = pool.submit(self._fetch_range, *plan(pending.last_block))
+                    raw = in_flight.result()
+                    in_flight = None
+                    if raw.end < target:
+                        in_flight = pool.submit(self._fetch_range, *plan(raw.end))
+                    try:
+                        rows = self._absorb(pending, raw)
+                    except ChainMovedError as exc:
+                        if in_flight is not None:
+                            with contextlib.suppress(MedmeterError):
+                                in_flight.result()
+                            in_flight = None
+                        moves += 1
+                        if moves > MAX_CHAIN_MOVES:
+                            raise MedmeterError(
+                                f"the chain kept changing under the export ({exc}): wait until the node is stable "
+                                "or export with --confirmations, then run the export again; it resumes where it "
+                                "stopped."
+                            ) from exc
+                        reorg = self._repair_reorg(state) or reorg
+                        head = self.w3.eth.block_number
+                        target = min(target, head - confirmations)
+                        pending = _Pending.after(state)
+                        continue
+                    moves = 0
+                    span = self._next_span(span, raw.end - raw.start + 1, rows)
+                    if progress is not None:
+                        progress(raw.end - raw.start + 1)
+            self._fill_recent_hashes(state)
+            self._compact(state)
+            self._write_views(state)
+            return ExportResult(
+                out_dir=self.out_dir,
+                rows_total=state.rows,
+                rows_new=rows_new,
+                first_block=first_block,
+                last_block=state.last_block,
+                head=head,
+                chunks=parts,
+                seconds=time.perf_counter() - started,
+                orphans_removed=orphans,
+                reorg=reorg,
+            )
+
+    def _next_span(self, span: int, blocks: int, rows: int) -> int:
+        """Blocks for the next request: aim at TARGET_ROWS_PER_REQUEST rows, at most double, at most
+        --chunk-blocks, so that dense stretches never produce one enormous eth_getLogs response."""
+        if rows == 0:
+            return min(self.chunk_blocks, span * 2)
+        fitted = max(1, TARGET_ROWS_PER_REQUEST * blocks // rows)
+        return max(1, min(self.chunk_blocks, span * 2, fitted))
+
+    # ------------------------------------------------------------------ state
+
+    def _fresh(self) -> Checkpoint:
+        deployment = self.ledger.deployment
+        start = deployment.block - 1
+        return Checkpoint(
+            chain_id=deployment.chain_id,
+            ledger=deployment.address,
+            deployment_block=deployment.block,
+            deployment_tx=deployment.tx_hash,
+            last_block=start,
+            last_block_hash=block_hashes(self.w3, [start]).get(start),
+        )
+
+    def _load(self) -> Checkpoint:
+        path = self.checkpoint_path
+        if not path.is_file():
+            state = self._fresh()
+            self._save(state)
+            return state
+        try:
+            state = Checkpoint.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ExportStateError(
+                f"{path} is not a medmeter export checkpoint ({type(exc).__name__}: {exc}): run `medmeter export "
+                "--restart` to export from the deployment block again."
+            ) from None
+        deployment = self.ledger.deployment
+        if (state.chain_id, state.ledger.lower()) != (deployment.chain_id, deployment.address.lower()):
+            raise ExportStateError(
+                f"{self.out_dir} holds the export of ledger {state.ledger} on chain {state.chain_id}, not "
+                f"{deployment.address} on chain {deployment.chain_id}: choose another --out, or pass --restart to "
+                "replace it."
+            )
+        if state.deployment_tx != deployment.tx_hash or state.deployment_block != deployment.block:
+            # Same address, another deployment (a reset devnet redeployed by the same key): start over.
+            state = self._fresh()
+            self._save(state)
+        return state
+
+    def _save(self, state: Checkpoint) -> None:
+        write_json_atomic(self.checkpoint_path, state.to_json())
+
+    def _remove_orphans(self, state: Checkpoint) -> int:
+        """Delete part files (and temporary files) that the checkpoint does not list."""
+        listed = {p.file for p in state.parts}
+        removed = 0
+        if self.parts_dir.is_dir():
+            for path in self.parts_dir.iterdir():
+                if path.name not in listed:
+                    path.unlink()
+                    removed += 1
+        for path in self.out_dir.glob(".*.tmp"):
+            path.unlink()
+        return removed
+
+    def _fault(self, stage: str, chunk: int) -> None:
+        if self.fault is not None:
+            self.fault(stage, chunk)
+
+    # ------------------------------------------------------------------ chunks
+
+    def _fetch_range(self, previous: int, start: int, end: int) -> _Raw:
+        """The node's side of one request (runs on the worker thread): the hashes of the previous
+        block and of `end`, the logs of start..end, headers for timestamps if the logs lack them,
+        and the two hashes again. `_absorb` checks that nothing moved in between."""
+        before = block_hashes(self.w3, [previous, end])
+        logs = fetch_logs(self.w3, self.ledger.address, EXPORT_TOPICS, start, end)
+        by_topic = split_by_topic(logs)
+        headers = None
+        interactions = by_topic[INTERACTION_RECORDED_TOPIC]
+        if any("blockTimestamp" not in log for log in interactions):
+            headers = fetch_blocks(self.w3, sorted({int(log["blockNumber"], 16) for log in interactions}))
+        after = block_hashes(self.w3, [end, previous])
+        return _Raw(previous, start, end, before, by_topic, headers, after)
+
+    def _absorb(self, pending: _Pending, raw: _Raw) -> int:
+        """Check and decode one request into `pending`; returns the interactions read.
+
+        The hashes of the previous block and of `end` were read before the logs and again after
+        them: if either changed, or differs from what the export continues from, the chain moved
+        (a reorg) and ChainMovedError asks the caller to repair and retry. Every log's block hash
+        must agree with them too."""
+        previous, end = raw.previous, raw.end
+        if previous != pending.last_block:
+            raise ValueError(f"request after block {previous} does not continue block {pending.last_block}")
+        end_hash = raw.before.get(end)
+        if previous >= 0 and raw.before.get(previous) != pending.last_hash:
+            raise ChainMovedError(f"block {previous} changed")
+        if end_hash is None:
+            raise ChainMovedError(f"block {end} is gone")
+        if raw.after.get(end) != end_hash or (previous >= 0 and raw.after.get(previous) != pending.last_hash):
+            raise ChainMovedError(f"blocks {previous}..{end} changed while they were read")
+
+        by_topic = raw.by_topic
+        decoded = decode_interaction_logs(by_topic[INTERACTION_RECORDED_TOPIC])
+        known = {end: end_hash}
+        pairs = (
+            pa.table({"block": decoded.block_number, "hash": decoded.block_hash})
+            .group_by(["block", "hash"])
+            .aggregate([])
+        )
+        seen = list(zip(pairs["block"].to_pylist(), pairs["hash"].to_pylist(), strict=True))
+        seen += [
+            (int(log["blockNumber"], 16), log["blockHash"])
+            for topic in (INSTITUTION_REGISTERED_TOPIC, PERIOD_CLOSED_TOPIC)
+            for log in by_topic[topic]
+        ]
+        for block, block_hash in seen:
+            if known.setdefault(block, block_hash) != block_hash:
+                raise ChainMovedError(f"block {block} changed while it was read")
+
+        timestamps = None
+        if len(decoded) and decoded.log_timestamp is None:
+            if raw.headers is None:
+                raise ValueError("the logs carry no blockTimestamp and no headers were fetched")
+            timestamps = {}
+            for number, block in raw.headers.items():
+                if block is None or block["hash"] != known[number]:
+                    raise ChainMovedError(f"block {number} changed while it was read")
+                timestamps[number] = int(block["timestamp"], 16)
+
+        for log in by_topic[INSTITUTION_REGISTERED_TOPIC]:
+            reg = decode_registration(log)
+            pending.institutions.append(
+                {"address": reg.address, "code": reg.code, "name": reg.name, "registered_in_block": reg.block_number}
+            )
+        for log in by_topic[PERIOD_CLOSED_TOPIC]:
+            close = decode_period_close(log)
+            pending.periods.append(
+                {
+                    "period": close.period,
+                    "from_block": close.from_block,
+                    "to_block": close.to_block,
+                    "closed_in_block": close.block_number,
+                }
+            )
+        pending.periods.sort(key=lambda p: p["period"])
+        table = interaction_table(
+            decoded,
+            timestamps=timestamps,
+            close_blocks=[p["closed_in_block"] for p in pending.periods],
+            codes={i["address"]: i["code"] for i in pending.institutions},
+        )
+        if table.num_rows:
+            pending.tables.append(table)
+            pending.rows += table.num_rows
+        pending.last_block = end
+        pending.last_hash = end_hash
+        pending.hashes.update(known)
+        return table.num_rows
+
+    def _flush(self, state: Checkpoint, pending: _Pending, part_index: int) -> int:
+        """Write `pending` as one part file, then the checkpoint that lists it; returns the rows written."""
+        if pending.rows:
+            table = pa.concat_tables(pending.tables).combine_chunks()
+            name = f"part-{state.next_part:06d}-{pending.first_block:012d}-{pending.last_block:012d}.parquet"
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            _write_parquet_atomic(table, self.parts_dir / name)
+            state.parts.append(Part(name, pending.first_block, pending.last_block, table.num_rows))
+            state.next_part += 1
+            self._fault("part-written", part_index)
+        state.institutions = pending.institutions
+        state.periods = pending.periods
+        state.last_block = pending.last_block
+        state.last_block_hash = pending.last_hash
+        state.recent_hashes.update(pending.hashes)
+        self._trim_hashes(state)
+        self._save(state)
+        self._fault("checkpoint-written", part_index)
+        return pending.rows
+
+    def _trim_hashes(self, state: Checkpoint) -> None:
+        keep = sorted(state.recent_hashes)[-REORG_WINDOW:]
+        state.recent_hashes = {b: state.recent_hashes[b] for b in keep}
+
+    def _fill_recent_hashes(self, state: Checkpoint) -> None:
+        """Record the hashes of the last REORG_WINDOW blocks, so a fork point is found exactly."""
+        low = max(state.deployment_block - 1, state.last_block - REORG_WINDOW + 1, 0)
+        wanted = [b for b in range(low, state.last_block + 1) if b not in state.recent_hashes]
+        if not wanted:
+            return
+        hashes = block_hashes(self.w3, [*wanted, state.last_block])
+        if hashes.get(state.last_block) != state.last_block_hash:
+            return  # the chain moved since the last chunk; the next run repairs it
+        state.recent_hashes.update({b: h for b, h in hashes.items() if h is not None})
+        self._trim_hashes(state)
+        self._save(state)
+
+    # ------------------------------------------------------------------ reorgs
+
+    def _repair_reorg(self, state: Checkpoint) -> ReorgRepair | None:
+        """If the checkpoint's last block is no longer on the chain, rewind to the fork point."""
+        if state.last_block < 0:
+            return None
+        current = block_hashes(self.w3, [state.last_block]).get(state.last_block)
+        if current == state.last_block_hash:
+            return None
+        detected_at = state.last_block
+        candidates = sorted((b for b in state.recent_hashes if b < detected_at), reverse=True)
+        chain = block_hashes(self.w3, candidates)
+        fork = next((b for b in candidates if chain.get(b) == state.recent_hashes[b]), None)
+        full = fork is None or fork < state.deployment_block
+        rows_before = state.rows
+        self._rewind(state, state.deployment_block - 1 if full or fork is None else fork)
+        return ReorgRepair(detected_at, state.last_block, rows_before - state.rows, full)
+
+    def _rewind(self, state: Checkpoint, block: int) -> None:
+        """Drop everything after `block`; rewrite the part that straddles it."""
+        kept: list[Part] = []
+        obsolete: list[str] = []
+        for part in state.parts:
+            if part.to_block <= block:
+                kept.append(part)
+                continue
+            obsolete.append(part.file)
+            if part.from_block <= block:
+                table = pq.read_table(self.parts_dir / part.file, schema=INTERACTION_SCHEMA)
+                table = table.filter(pc.less_equal(table["block_number"], block))
+                if table.num_rows:
+                    name = f"part-{state.next_part:06d}-{part.from_block:012d}-{block:012d}.parquet"
+                    _write_parquet_atomic(table, self.parts_dir / name)
+                    kept.append(Part(name, part.from_block, block, table.num_rows))
+                    state.next_part += 1
+        state.parts = kept
+        state.institutions = [i for i in state.institutions if i["registered_in_block"] <= block]
+        state.periods = [p for p in state.periods if p["closed_in_block"] <= block]
+        state.recent_hashes = {b: h for b, h in state.recent_hashes.items() if b <= block}
+        state.last_block = block
+        state.last_block_hash = state.recent_hashes.get(block) or block_hashes(self.w3, [block]).get(block)
+        state.views_block = None
+        self._save(state)
+        for name in obsolete:
+            (self.parts_dir / name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ compaction and views
+
+    def _compact(self, state: Checkpoint) -> None:
+        """Once there are many part files, merge runs of small finalized ones (older than the reorg
+        window) into parts of up to PART_ROWS rows. The merged part is written, then the checkpoint
+        that lists it instead of the small ones, then the small ones are deleted (a crash in between
+        leaves orphans that the next run removes)."""
+        if len(state.parts) <= MAX_PARTS:
+            return
+        horizon = state.last_block - REORG_WINDOW
+        parts: list[Part] = []
+        obsolete: list[Part] = []
+        run: list[Part] = []
+
+        def close_run() -> None:
+            if len(run) < 2:
+                parts.extend(run)
+            else:
+                parts.append(self._merge(state, run))
+                obsolete.extend(run)
+            run.clear()
+
+        for part in state.parts:
+            small = part.to_block <= horizon and part.rows < PART_ROWS // 2
+            if not small or sum(p.rows for p in run) + part.rows > PART_ROWS:
+                close_run()
+            (run if small else parts).append(part)
+        close_run()
+        if not obsolete:
+            return
+        state.parts = parts
+        self._save(state)
+        for part in obsolete:
+            (self.parts_dir / part.file).unlink(missing_ok=True)
+
+    def _merge(self, state: Checkpoint, run: Sequence[Part]) -> Part:
+        table = read_parts(self.parts_dir, run)
+        name = f"part-{state.next_part:06d}-{run[0].from_block:012d}-{run[-1].to_block:012d}.parquet"
+        _write_parquet_atomic(table, self.parts_dir / name)
+        state.next_part += 1
+        return Part(name, run[0].from_block, run[-1].to_block, table.num_rows)
+
+    def _write_views(self, state: Checkpoint) -> None:
+        paths = [self.out_dir / INSTITUTIONS_CSV, self.out_dir / PERIODS_CSV]
+        if self.write_csv:
+            paths.append(self.out_dir / CSV_FILE)
+        if state.views_block == state.last_block and all(p.is_file() for p in paths):
+            return
+        if self.write_csv:
+            write_parts_csv(self.parts_dir, state.parts, self.out_dir / CSV_FILE)
+        institutions = pa.Table.from_pylist(
+            state.institutions,
+            schema=pa.schema(
+                [
+                    ("address", pa.string()),
+                    ("code", pa.string()),
+                    ("name", pa.string()),
+                    ("registered_in_block", pa.int64()),
+                ]
+            ),
+        )
+        write_csv_atomic(institutions, self.out_dir / INSTITUTIONS_CSV)
+        periods = pa.Table.from_pylist(
+            state.periods,
+            schema=pa.schema(
+                [
+                    ("period", pa.int64()),
+                    ("from_block", pa.int64()),
+                    ("to_block", pa.int64()),
+                    ("closed_in_block", pa.int64()),
+                ]
+            ),
+        )
+        write_csv_atomic(periods, self.out_dir / PERIODS_CSV)
+        state.views_block = state.last_block
+        self._save(state)
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def read_parts(
+    parts_dir: Path, parts: Sequence[Part], columns: Sequence[str] | None = None, where: pc.Expression | None = None
+) -> pa.Table:
+    schema = INTERACTION_SCHEMA if columns is None else pa.schema([INTERACTION_SCHEMA.field(c) for c in columns])
+    if not parts:
+        return schema.empty_table()
+    tables = [
+        pq.read_table(
+            parts_dir / p.file,
+            schema=INTERACTION_SCHEMA,
+            columns=None if columns is None else list(columns),
+            filters=where,
+        )
+        for p in parts
+    ]
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def read_checkpoint(out_dir: Path) -> Checkpoint:
+    path = out_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ExportStateError(f"{out_dir} holds no export (no {CHECKPOINT_FILE}): run `medmeter export` first.")
+    try:
+        return Checkpoint.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ExportStateError(
+            f"{path} is not a medmeter export checkpoint ({exc}): run `medmeter export --restart`."
+        ) from None
+
+
+def read_export(out_dir: Path, columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
+    """The exported rows, exactly those the checkpoint lists (never an orphan part), in chain order;
+    optionally only some `columns` and the rows matching a pyarrow expression `where`."""
+    state = read_checkpoint(out_dir)
+    return read_parts(out_dir / PARTS_DIR, state.parts, columns, where)
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Timestamps as ISO-8601 UTC text (2025-01-31T12:00:00Z); everything else as is."""
+    columns = []
+    for column, schema_field in zip(table.columns, table.schema, strict=True):
+        if pa.types.is_timestamp(schema_field.type):
+            # Formatted once per distinct value: every row of a block shares its timestamp.
+            encoded = column.combine_chunks().dictionary_encode()
+            text = pc.strftime(encoded.dictionary, format="%Y-%m-%dT%H:%M:%SZ")
+            column = text.take(encoded.indices)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+_CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="needed")
+
+
+def write_csv_atomic(table: pa.Table, path: Path) -> None:
+    """A small table as CSV (empty cells for nulls), written atomically."""
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(_csv_ready(table), sink, _CSV_OPTIONS)
+    write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def write_parts_csv(parts_dir: Path, parts: Sequence[Part], path: Path) -> None:
+    """All parts as one CSV, streamed part by part (memory stays at one part), then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    schema = _csv_ready(INTERACTION_SCHEMA.empty_table()).schema
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa_csv.CSVWriter(sink, schema, write_options=_CSV_OPTIONS) as writer:
+            for part in parts:
+                writer.write_table(_csv_ready(pq.read_table(parts_dir / part.file, schema=INTERACTION_SCHEMA)))
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

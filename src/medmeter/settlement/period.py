@@ -1,0 +1,326 @@
+"""Per-period settlement from the exported interactions, reconciled with the contract's state.
+
+Period `p` spans blocks `fromBlock..toBlock` (inclusive, from `periodRange(p)`); the state at
+`toBlock` is final for the period. For each institution registered at `toBlock`:
+
+    opening position (balance - debt at fromBlock - 1) + net_units (from events)
+        == closing position (balance - debt at toBlock)
+
+must hold to the unit, or the report stops with a `ReconciliationError` naming the institution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medmeter.chain.ledger import InstitutionInfo, Ledger, Position
+from medmeter.errors import MedmeterError, ReconciliationError
+from medmeter.fileio import write_atomic
+
+# Columns of reports/settlement-<period>.csv, in order (documented in the README).
+SETTLEMENT_COLUMNS: tuple[str, ...] = (
+    "period",
+    "from_block",
+    "to_block",
+    "institution",
+    "code",
+    "name",
+    "sync_count",
+    "sync_units",
+    "fetch_count",
+    "fetch_units",
+    "exchange_in_count",
+    "exchange_in_units",
+    "exchange_out_count",
+    "exchange_out_units",
+    "fee_units",
+    "credited_units",
+    "debited_units",
+    "net_units",
+    "opening_balance",
+    "opening_debt",
+    "closing_balance",
+    "closing_debt",
+)
+CATEGORY_COLUMNS: tuple[str, ...] = (
+    "period",
+    "category",
+    "category_name",
+    "kind",
+    "interactions",
+    "records",
+    "units",
+    "fee_units",
+)
+MATRIX_INDEX = "consumer_code"
+KINDS = ("sync", "fetch", "exchange")
+_INT64_LIMIT = 2**63
+
+
+@dataclass(frozen=True)
+class PeriodInfo:
+    period: int
+    from_block: int
+    to_block: int
+
+
+@dataclass(frozen=True)
+class PeriodSettlement:
+    info: PeriodInfo
+    institutions: tuple[InstitutionInfo, ...]
+    rows: pd.DataFrame  # SETTLEMENT_COLUMNS, one row per institution, in registration order
+    matrix: pd.DataFrame  # units consumers (index) were debited for providers' (columns) data
+    categories: pd.DataFrame  # CATEGORY_COLUMNS
+    interactions: pd.DataFrame  # the period's exported rows
+
+    @property
+    def period(self) -> int:
+        return self.info.period
+
+    def codes(self) -> dict[str, str]:
+        return {i.address: i.code for i in self.institutions}
+
+
+@dataclass(frozen=True)
+class SettlementFiles:
+    settlement_csv: Path
+    matrix_csv: Path
+    categories_csv: Path
+
+
+# ---------------------------------------------------------------------------------- pure steps
+
+
+def period_interactions(dataset: pd.DataFrame, info: PeriodInfo) -> pd.DataFrame:
+    """The period's rows; the dataset's period column must agree with the contract's block range."""
+    in_range = dataset["block_number"].between(info.from_block, info.to_block)
+    labelled = dataset["period"] == info.period
+    disagree = dataset[in_range != labelled]
+    if len(disagree):
+        first = disagree.iloc[0]
+        raise ReconciliationError(
+            f"the exported dataset puts {len(disagree)} interaction(s) in the wrong period, first tx "
+            f"{first['tx_hash']} (block {first['block_number']}, period {first['period']}) while the contract says "
+            f"period {info.period} is blocks {info.from_block}..{info.to_block}: re-export with "
+            "`medmeter export --restart` and report again."
+        )
+    return dataset[labelled].reset_index(drop=True)
+
+
+def check_attribution(interactions: pd.DataFrame, institutions: Sequence[InstitutionInfo], period: int) -> None:
+    """Every row must name registered institutions, with a counterparty exactly when it is an exchange."""
+    registered = {i.address for i in institutions}
+    is_exchange = interactions["kind"] == "exchange"
+    bad = ~interactions["institution"].isin(registered) | ~interactions["kind"].isin(KINDS)
+    bad |= is_exchange & ~interactions["counterparty"].isin(registered)
+    bad |= ~is_exchange & interactions["counterparty"].notna()
+    if bad.any():
+        rows = interactions[bad]
+        first = rows.iloc[0]
+        raise ReconciliationError(
+            f"{len(rows)} interaction(s) of period {period} cannot be attributed to registered institutions, "
+            f"first: tx {first['tx_hash']} log {first['log_index']} ({first['kind']} by {first['institution']}, "
+            f"counterparty {first['counterparty']}): the dataset does not come from this ledger or was altered; "
+            "re-export with `medmeter export --restart`."
+        )
+
+
+def _guard_sums(interactions: pd.DataFrame) -> None:
+    if len(interactions) and int(interactions["units"].max()) * len(interactions) >= _INT64_LIMIT:
+        raise MedmeterError(
+            f"period units could exceed 2**63 ({len(interactions)} rows up to {interactions['units'].max()} units): "
+            "split the period into shorter ones."
+        )
+
+
+def tally_period(interactions: pd.DataFrame, institutions: Sequence[InstitutionInfo], info: PeriodInfo) -> pd.DataFrame:
+    """Counts and units per institution by the ledger's rules (positions not yet attached)."""
+    _guard_sums(interactions)
+    addresses = [i.address for i in institutions]
+
+    def per(frame: pd.DataFrame, by: str, value: pd.Series | str) -> pd.DataFrame:
+        values = frame[value] if isinstance(value, str) else value
+        grouped = values.groupby(frame[by]).agg(["size", "sum"])
+        return grouped.reindex(addresses, fill_value=0).astype("int64")
+
+    sync = interactions[interactions["kind"] == "sync"]
+    fetch = interactions[interactions["kind"] == "fetch"]
+    exchange = interactions[interactions["kind"] == "exchange"]
+    sync_by = per(sync, "institution", "units")
+    fetch_by = per(fetch, "institution", "units")
+    out_by = per(exchange, "institution", "units")
+    in_by = per(exchange, "counterparty", exchange["units"] - exchange["fee"])
+    fee_by = per(exchange, "counterparty", "fee")
+
+    rows = pd.DataFrame(
+        {
+            "period": info.period,
+            "from_block": info.from_block,
+            "to_block": info.to_block,
+            "institution": addresses,
+            "code": [i.code for i in institutions],
+            "name": [i.name for i in institutions],
+            "sync_count": sync_by["size"].to_numpy(),
+            "sync_units": sync_by["sum"].to_numpy(),
+            "fetch_count": fetch_by["size"].to_numpy(),
+            "fetch_units": fetch_by["sum"].to_numpy(),
+            "exchange_in_count": in_by["size"].to_numpy(),
+            "exchange_in_units": in_by["sum"].to_numpy(),
+            "exchange_out_count": out_by["size"].to_numpy(),
+            "exchange_out_units": out_by["sum"].to_numpy(),
+            "fee_units": fee_by["sum"].to_numpy(),
+        }
+    )
+    rows["credited_units"] = rows["sync_units"] + rows["exchange_in_units"]
+    rows["debited_units"] = rows["fetch_units"] + rows["exchange_out_units"]
+    rows["net_units"] = rows["credited_units"] - rows["debited_units"]
+    return rows
+
+
+def attach_positions(rows: pd.DataFrame, opening: dict[str, Position], closing: dict[str, Position]) -> pd.DataFrame:
+    out = rows.copy()
+    out["opening_balance"] = [opening[a].balance for a in out["institution"]]
+    out["opening_debt"] = [opening[a].debt for a in out["institution"]]
+    out["closing_balance"] = [closing[a].balance for a in out["institution"]]
+    out["closing_debt"] = [closing[a].debt for a in out["institution"]]
+    return out[list(SETTLEMENT_COLUMNS)]
+
+
+def reconcile(rows: pd.DataFrame) -> None:
+    """opening position + net units == closing position, per institution; raises naming every mismatch."""
+    problems = []
+    for row in rows.itertuples(index=False):
+        opening = int(row.opening_balance) - int(row.opening_debt)
+        closing = int(row.closing_balance) - int(row.closing_debt)
+        expected = opening + int(row.net_units)
+        if expected != closing:
+            problems.append(
+                f"{row.code} ({row.institution}): opening position {opening} + net {int(row.net_units)} from events "
+                f"= {expected}, but the contract's closing position (balance - debt) at block {row.to_block} is "
+                f"{closing} (events differ by {expected - closing:+d} units)"
+            )
+    if problems:
+        period = int(rows["period"].iloc[0])
+        raise ReconciliationError(
+            f"period {period} does not reconcile for {len(problems)} institution(s): "
+            + "; ".join(problems)
+            + ". The exported events do not match the chain: re-export with `medmeter export --restart` and report "
+            "again; if the difference stays, report this ledger to the platform operator."
+        )
+
+
+def exchange_matrix(interactions: pd.DataFrame, institutions: Sequence[InstitutionInfo]) -> pd.DataFrame:
+    """Units each consumer (row) was debited for each provider's (column) data, labelled by code."""
+    codes = {i.address: i.code for i in institutions}
+    order = [i.code for i in institutions]
+    exchange = interactions[interactions["kind"] == "exchange"]
+    matrix = (
+        exchange.assign(consumer=exchange["institution"].map(codes), provider=exchange["counterparty"].map(codes))
+        .pivot_table(index="consumer", columns="provider", values="units", aggfunc="sum", fill_value=0)
+        .reindex(index=order, columns=order, fill_value=0)
+        .astype("int64")
+    )
+    matrix.index.name = MATRIX_INDEX
+    matrix.columns.name = None
+    return matrix
+
+
+def category_breakdown(interactions: pd.DataFrame, period: int) -> pd.DataFrame:
+    """Interactions, records, units and platform fees per (category, kind)."""
+    if interactions.empty:
+        return pd.DataFrame(
+            {c: pd.Series(dtype=object if c in ("category_name", "kind") else "int64") for c in CATEGORY_COLUMNS}
+        )
+    grouped = (
+        interactions.groupby(["category", "category_name", "kind"], sort=True)
+        .agg(
+            interactions=("units", "size"), records=("records", "sum"), units=("units", "sum"), fee_units=("fee", "sum")
+        )
+        .reset_index()
+    )
+    grouped.insert(0, "period", period)
+    return grouped[list(CATEGORY_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------- chain reads
+
+
+def read_positions(ledger: Ledger, addresses: Sequence[str], block: int) -> dict[str, Position]:
+    """balanceOf and debtOf of every address at `block`, in one JSON-RPC batch; zero before the deployment."""
+    if block < ledger.deployment.block:
+        return {a: Position(0, 0) for a in addresses}
+    calls = []
+    for address in addresses:
+        for name in ("balanceOf", "debtOf"):
+            data = ledger.contract.encode_abi(name, [address])
+            calls.append(("eth_call", [{"to": ledger.address, "data": data}, hex(block)]))
+    if not calls:
+        return {}
+    responses = ledger.w3.provider.make_batch_request(calls)
+    if not isinstance(responses, list):
+        responses = [responses] * len(calls)
+    values = []
+    for response in responses:
+        if "error" in response or response.get("result") in (None, "0x"):
+            raise MedmeterError(
+                f"the node could not read balances at block {block} ({response.get('error')}): it must keep "
+                "historical state (an archive node, or anvil/ganache); point --rpc-url at one."
+            )
+        values.append(int(response["result"], 16))
+    return {a: Position(values[2 * i], values[2 * i + 1]) for i, a in enumerate(addresses)}
+
+
+def period_info(ledger: Ledger, period: int) -> PeriodInfo:
+    from_block, to_block = ledger.period_range(period)
+    return PeriodInfo(period, from_block, to_block)
+
+
+def settle_period(ledger: Ledger, dataset: pd.DataFrame, period: int) -> PeriodSettlement:
+    """The settlement of a closed period from the exported `dataset`, reconciled with the chain."""
+    info = period_info(ledger, period)
+    institutions = tuple(ledger.institutions(info.to_block))
+    interactions = period_interactions(dataset, info)
+    check_attribution(interactions, institutions, period)
+    addresses = [i.address for i in institutions]
+    rows = attach_positions(
+        tally_period(interactions, institutions, info),
+        read_positions(ledger, addresses, info.from_block - 1),
+        read_positions(ledger, addresses, info.to_block),
+    )
+    reconcile(rows)
+    return PeriodSettlement(
+        info=info,
+        institutions=institutions,
+        rows=rows,
+        matrix=exchange_matrix(interactions, institutions),
+        categories=category_breakdown(interactions, period),
+        interactions=interactions,
+    )
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def settlement_paths(reports_dir: Path, period: int) -> SettlementFiles:
+    return SettlementFiles(
+        settlement_csv=reports_dir / f"settlement-{period}.csv",
+        matrix_csv=reports_dir / f"settlement-{period}-exchange-matrix.csv",
+        categories_csv=reports_dir / f"settlement-{period}-categories.csv",
+    )
+
+
+def _csv(frame: pd.DataFrame, path: Path, **kwargs: Any) -> None:
+    write_atomic(path, frame.to_csv(lineterminator="\n", **kwargs))
+
+
+def write_settlement_csvs(settlement: PeriodSettlement, reports_dir: Path) -> SettlementFiles:
+    paths = settlement_paths(reports_dir, settlement.period)
+    _csv(settlement.rows, paths.settlement_csv, index=False)
+    _csv(settlement.matrix, paths.matrix_csv, index=True)
+    _csv(settlement.categories, paths.categories_csv, index=False)
+    return paths
