@@ -19,7 +19,7 @@ from medmeter.toolchain.compiler import Artifact, compile_ledger
 from medmeter.toolchain.devnet import free_port, rpc_ready
 from medmeter.toolchain.executables import anvil_executable
 from medmeter.workspace import Workspace
-from tests.helpers import LedgerEnv, deploy_env
+from tests.support.chains import LedgerEnv, deploy_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

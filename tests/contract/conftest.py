@@ -11,7 +11,7 @@ from web3 import Web3
 from medmeter.chain.rpc import connect
 from medmeter.toolchain.compiler import Artifact
 from medmeter.workspace import Workspace
-from tests.helpers import LedgerEnv, deploy_env, private_chain, rolled_back
+from tests.support.chains import LedgerEnv, deploy_env, private_chain, rolled_back
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError
 from medmeter.chain.ledger import ROLES, code_to_bytes32
 from medmeter.signing.interaction import Kind
 from medmeter.toolchain.compiler import Artifact
-from tests.helpers import LedgerEnv, deploy_env, event_args, expect_revert, hex32, rolled_back
+from tests.support.chains import LedgerEnv, deploy_env, event_args, expect_revert, hex32, rolled_back
 
 ADMIN_ROLE = "DEFAULT_ADMIN_ROLE"
 OPERATING_ROLES = ("REGISTRAR_ROLE", "TARIFF_ROLE", "RELAYER_ROLE", "SETTLER_ROLE", "PAUSER_ROLE")

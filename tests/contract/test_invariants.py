@@ -33,7 +33,7 @@ from medmeter.signing.interaction import (
     typed_data,
 )
 from medmeter.toolchain.compiler import Artifact
-from tests.helpers import (
+from tests.support.chains import (
     FAR_FUTURE,
     LedgerEnv,
     batch_refusal,

@@ -18,7 +18,7 @@ from medmeter.chain.ledger import Ledger, batch_gas_limit, code_to_bytes32
 from medmeter.errors import LedgerRevertError
 from medmeter.relay.engine import relay
 from medmeter.signing.interaction import ZERO_ADDRESS, Kind, SignedInteraction
-from tests.helpers import (
+from tests.support.chains import (
     LedgerEnv,
     batch_refusal,
     event_args,

@@ -32,7 +32,7 @@ from medmeter.signing.interaction import (
     sign_interaction,
     typed_data,
 )
-from tests.helpers import (
+from tests.support.chains import (
     FAR_FUTURE,
     LedgerEnv,
     batch_refusal,

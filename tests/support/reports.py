@@ -11,7 +11,7 @@ from web3 import Web3
 from medmeter.app.operations import read_tariff
 from medmeter.signing.interaction import SignedInteraction
 from medmeter.signing.traffic import SimulatedInstitution, simulate
-from tests.helpers import LedgerEnv
+from tests.support.chains import LedgerEnv
 
 PASSWORD = "report-tests"
 SCRYPT_N = 2**10

@@ -24,9 +24,7 @@ from medmeter.statement.statements import (
     settlement_tree,
     verify_statement,
 )
-from tests.report_helpers import CliWorkspace, record_traffic
-
-pytest_plugins = ("tests.report_fixtures",)
+from tests.support.reports import CliWorkspace, record_traffic
 
 
 @pytest.fixture

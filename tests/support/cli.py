@@ -28,7 +28,7 @@ from medmeter.signing.interaction import SignedInteraction, parse_signed
 from medmeter.toolchain.compiler import Artifact, _source_hash, compile_ledger, standard_json_input
 from medmeter.workspace import Workspace
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MEDMETER = REPO_ROOT / ".venv" / "bin" / "medmeter"
 PASSWORD = "cli-test-password"
 COMMAND_TIMEOUT_SECONDS = 300

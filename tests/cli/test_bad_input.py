@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from tests.cli_support import (
+from tests.support.cli import (
     CliWorkspace,
     assert_clean_error,
     craft,

@@ -33,10 +33,8 @@ from medmeter.export.exporter import (
     read_export,
 )
 from medmeter.signing.interaction import Kind
-from tests.helpers import deploy_env
-from tests.report_helpers import CliWorkspace, head, mine, record_traffic
-
-pytest_plugins = ("tests.report_fixtures",)  # the cli_workspace fixture
+from tests.support.chains import deploy_env
+from tests.support.reports import CliWorkspace, head, mine, record_traffic
 
 EXPECTED_COLUMNS = [
     "block_number",

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from medmeter.chain.rpc import BACKOFF_SECONDS, RETRIES
-from tests.cli_support import (
+from tests.support.cli import (
     CliWorkspace,
     assert_clean_error,
     craft,

@@ -19,7 +19,7 @@ from medmeter.intake.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, cat
 from medmeter.intake.payload import content_hash
 from medmeter.intake.synthetic import synthetic_bundle
 from medmeter.signing.interaction import recover_signer
-from tests.cli_support import (
+from tests.support.cli import (
     RPC_URL_LINE,
     CliWorkspace,
     assert_clean_error,

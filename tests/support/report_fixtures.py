@@ -1,4 +1,4 @@
-"""The `cli_workspace` fixture, loaded with `pytest_plugins = ("tests.report_fixtures",)`."""
+"""The `cli_workspace` fixture, loaded with `pytest_plugins = ("tests.support.report_fixtures",)`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from medmeter.chain.deployment import record_deployment
 from medmeter.signing.wallets import KeystoreDirectory
 from medmeter.workspace import Workspace
-from tests.helpers import LedgerEnv
-from tests.report_helpers import PASSWORD, SCRYPT_N, CliWorkspace
+from tests.support.chains import LedgerEnv
+from tests.support.reports import PASSWORD, SCRYPT_N, CliWorkspace
 
 
 @pytest.fixture

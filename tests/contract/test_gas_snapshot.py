@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from bench.gas_profile import BATCH_SIZES, measure
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "bench" / "gas-snapshot.json"
+SNAPSHOT = Path(__file__).resolve().parents[2] / "bench" / "gas-snapshot.json"
 
 
 @pytest.fixture(scope="module")

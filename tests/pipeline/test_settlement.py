@@ -22,10 +22,8 @@ from medmeter.settlement.period import (
 )
 from medmeter.signing.interaction import Kind
 from medmeter.workspace import Workspace
-from tests.helpers import fee_bps_of, rate_of
-from tests.report_helpers import CliWorkspace, record_traffic
-
-pytest_plugins = ("tests.report_fixtures",)  # the cli_workspace fixture
+from tests.support.chains import fee_bps_of, rate_of
+from tests.support.reports import CliWorkspace, record_traffic
 
 EXPECTED_SETTLEMENT_COLUMNS = [
     "period",
