@@ -11,7 +11,7 @@ recordBatch in batches of --batch (one transaction per block on automine), then 
           the CSV view, and its decode step alone;
 * per-log: the same raw logs decoded one by one with Python ints (the reference decoder);
 * naive:  web3 `contract.events.InteractionRecorded.get_logs` plus one `get_block` per block
-          (`medmeter.export.events.reference_table`), over the first --naive interactions' blocks.
+          (the tests' `reference_table`), over the first --naive interactions' blocks.
 
 The fast and naive tables are compared row for row over the naive range. Not a test: prints figures.
 """
@@ -30,6 +30,7 @@ import pyarrow as pa
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
+from tests.support.reference_decoder import decode_interaction, reference_table
 
 from medmeter.app.operations import apply_default_tariff
 from medmeter.chain.deployment import deploy_contract
@@ -39,10 +40,10 @@ from medmeter.export.events import (
     INTERACTION_RECORDED_TOPIC,
     decode_interaction_logs,
     interaction_table,
-    reference_table,
 )
-from medmeter.export.exporter import TARGET_ROWS_PER_REQUEST, Exporter, fetch_logs, read_export
-from medmeter.export.reference_decoder import decode_interaction
+from medmeter.export.exporter import TARGET_ROWS_PER_REQUEST, Exporter
+from medmeter.export.logs import fetch_logs
+from medmeter.export.reading import read_export
 from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, Kind
 from medmeter.toolchain.compiler import compile_ledger
 from medmeter.toolchain.devnet import anvil_command, free_port, rpc_ready

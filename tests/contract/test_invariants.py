@@ -21,9 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from web3 import Web3
 
-from medmeter.export.reference_decoder import iter_interactions
 from medmeter.relay.engine import relay
-from medmeter.settlement.crediting import tally
 from medmeter.signing.interaction import (
     ZERO_ADDRESS,
     Interaction,
@@ -44,6 +42,7 @@ from tests.support.chains import (
     expect_revert,
     send_unchecked,
 )
+from tests.support.reference_decoder import iter_interactions, tally
 
 MACHINE_SETTINGS = settings(
     max_examples=25,

@@ -14,26 +14,19 @@ from click.testing import CliRunner
 
 import medmeter.export.exporter as export_mod
 from medmeter.cli import cli
+from medmeter.errors import ExportStateError
+from medmeter.export.checkpoint import CHECKPOINT_FILE, CSV_FILE, PARTS_DIR, read_checkpoint
 from medmeter.export.events import (
     INTERACTION_RECORDED_TOPIC,
     decode_interaction_logs,
     interaction_table,
-    reference_table,
 )
-from medmeter.export.exporter import (
-    CHECKPOINT_FILE,
-    CSV_FILE,
-    PARTS_DIR,
-    REORG_WINDOW,
-    Exporter,
-    ExportStateError,
-    fetch_blocks,
-    fetch_logs,
-    read_checkpoint,
-    read_export,
-)
+from medmeter.export.exporter import REORG_WINDOW, Exporter
+from medmeter.export.logs import fetch_blocks, fetch_logs
+from medmeter.export.reading import read_export, read_export_frame
 from medmeter.signing.interaction import Kind
 from tests.support.chains import deploy_env
+from tests.support.reference_decoder import reference_table
 from tests.support.reports import CliWorkspace, head, mine, record_traffic
 
 EXPECTED_COLUMNS = [
@@ -367,3 +360,13 @@ def test_report_commands_have_help(command, option):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
     assert option in result.output and result.output.startswith(f"Usage: cli {command}")
+
+
+def test_read_export_takes_a_string_path_and_gives_a_data_frame(busy_env, tmp_path):
+    result = Exporter(busy_env.ledger, tmp_path).run()
+    from_str = read_export(str(tmp_path))
+    assert from_str.equals(read_export(tmp_path))
+    frame = read_export_frame(str(tmp_path), columns=["tx_hash", "units"])
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["tx_hash", "units"]
+    assert len(frame) == result.rows_total > 0

@@ -12,8 +12,10 @@ from medmeter.app.pipeline import write_period_reports
 from medmeter.app.session import Session
 from medmeter.cli import cli
 from medmeter.errors import ReconciliationError
+from medmeter.export.checkpoint import PARTS_DIR, read_checkpoint
 from medmeter.export.events import INTERACTION_SCHEMA
-from medmeter.export.exporter import PARTS_DIR, Exporter, read_checkpoint, read_export
+from medmeter.export.exporter import Exporter
+from medmeter.export.reading import read_export
 from medmeter.settlement.charts import net_by_block, write_charts
 from medmeter.settlement.period import (
     CATEGORY_COLUMNS,

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from eth_utils import function_abi_to_4byte_selector, keccak
 
 from medmeter.cli import cli
-from medmeter.export.exporter import Exporter, read_export
+from medmeter.export.exporter import Exporter
+from medmeter.export.reading import read_export
 from medmeter.settlement.period import settle_period
 from medmeter.statement.merkle import MerkleTree, process_proof, verify_proof
 from medmeter.statement.statements import (

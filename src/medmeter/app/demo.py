@@ -10,14 +10,12 @@ from typing import Any
 from medmeter.app.operations import (
     DEMO_INSTITUTIONS,
     apply_default_tariff,
-    balances,
-    format_balances,
     register_institutions,
     simulate_traffic,
     tariff_table,
     wait_for_next_block,
 )
-from medmeter.app.pipeline import write_period_reports
+from medmeter.app.pipeline import balances, format_balances, write_period_reports
 from medmeter.app.session import Session
 from medmeter.chain.deployment import deploy
 from medmeter.chain.rpc import Transactor
@@ -85,7 +83,7 @@ def run_demo(
     first_block, last_block = ledger.period_range(number)
     echo(f"[7/9] closed period {number}: blocks {first_block}..{last_block}")
 
-    rows = balances(ledger)
+    _, rows = balances(session, ledger)
     echo("[8/9] settlement tally per institution (balance and debt from the contract, the rest from events):")
     echo(format_balances(rows))
     if not all(row.reconciles for row in rows):

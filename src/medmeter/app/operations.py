@@ -7,10 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medmeter.app.session import Session
-from medmeter.chain.ledger import Ledger, Position
-from medmeter.export.reference_decoder import iter_interactions
+from medmeter.chain.ledger import Ledger
 from medmeter.intake.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, category_name
-from medmeter.settlement.crediting import BalanceRow, balance_rows, tally
 from medmeter.signing.interaction import SignedInteraction
 from medmeter.signing.traffic import SimulatedInstitution, Tariff, simulate
 
@@ -101,33 +99,6 @@ def simulate_traffic(
         used = sum(1 for item in items if item.interaction.institution == participant.address)
         session.nonce_book.reserve(participant.address, used)
     return items
-
-
-def balances(ledger: Ledger) -> list[BalanceRow]:
-    institutions = ledger.institutions()
-    head = ledger.w3.eth.block_number
-    tallies = tally(iter_interactions(ledger.w3, ledger.address, ledger.deployment.block, head))
-    positions: dict[str, Position] = {i.address: ledger.position(i.address, head) for i in institutions}
-    return balance_rows(institutions, positions, tallies)
-
-
-def format_balances(rows: list[BalanceRow]) -> str:
-    header = (
-        f"{'code':<10} {'institution':<30} {'status':<9} {'balance':>9} {'debt':>7} {'credited':>9} "
-        f"{'debited':>9} {'sync':>6} {'fetch':>6} {'exch':>6}  reconciles"
-    )
-    lines = [header, "-" * len(header)]
-    from medmeter.signing.interaction import Kind
-
-    for row in rows:
-        t = row.tally
-        lines.append(
-            f"{row.institution.code:<10} {row.institution.name[:30]:<30} {row.institution.status:<9} "
-            f"{row.position.balance:>9} {row.position.debt:>7} {t.credited:>9} {t.debited:>9} "
-            f"{t.counts[Kind.SYNC]:>6} {t.counts[Kind.FETCH]:>6} {t.counts[Kind.EXCHANGE]:>6}  "
-            f"{'yes' if row.reconciles else 'NO'}"
-        )
-    return "\n".join(lines)
 
 
 def tariff_table(ledger: Ledger) -> str:

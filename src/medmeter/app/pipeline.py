@@ -14,14 +14,18 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from medmeter.app.session import Session
-from medmeter.chain.ledger import Ledger
+from medmeter.chain.ledger import InstitutionInfo, Ledger, Position
 from medmeter.errors import MedmeterError
-from medmeter.export.exporter import Exporter, ExportResult, default_export_dir, read_export
+from medmeter.export.checkpoint import default_export_dir
+from medmeter.export.exporter import Exporter, ExportResult
+from medmeter.export.reading import read_export
+from medmeter.settlement.crediting import tally
 from medmeter.settlement.period import (
     PeriodInfo,
     PeriodSettlement,
     SettlementFiles,
     period_info,
+    read_positions,
     settle_period,
     write_settlement_csvs,
 )
@@ -84,6 +88,53 @@ def load_period_rows(out_dir: Path, info: PeriodInfo) -> pd.DataFrame:
     block = pc.field("block_number")
     where = (pc.field("period") == info.period) | ((block >= info.from_block) & (block <= info.to_block))
     return read_export(out_dir, columns=REPORT_COLUMNS, where=where).to_pandas()
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    """An institution's position on chain beside its figures from the export, at one block."""
+
+    institution: InstitutionInfo
+    position: Position
+    figures: dict[str, int]  # crediting.TALLY_COLUMNS, summed over every exported interaction
+
+    @property
+    def reconciles(self) -> bool:
+        """balance - debt from the contract equals credited - debited from events."""
+        return self.position.balance - self.position.debt == self.figures["net_units"]
+
+
+def balances(session: Session, ledger: Ledger | None = None) -> tuple[int, list[BalanceRow]]:
+    """(block, rows): every institution's figures since deployment, read from the export brought up to
+    date, beside its balance and debt at the export's last block (so both sides see the same chain)."""
+    reader = ledger or session.ledger(as_operator=False)
+    export = update_export(reader, export_dir_for(session, reader))
+    block = export.last_block
+    institutions = reader.institutions(block)
+    rows = read_export(export.out_dir, columns=REPORT_COLUMNS, where=pc.field("block_number") <= block).to_pandas()
+    figures = tally(rows, [i.address for i in institutions])
+    positions = read_positions(reader, [i.address for i in institutions], block)
+    return block, [
+        BalanceRow(i, positions[i.address], {k: int(v) for k, v in figures.loc[i.address].items()})
+        for i in institutions
+    ]
+
+
+def format_balances(rows: list[BalanceRow]) -> str:
+    header = (
+        f"{'code':<10} {'institution':<30} {'status':<9} {'balance':>9} {'debt':>7} {'credited':>9} "
+        f"{'debited':>9} {'sync':>6} {'fetch':>6} {'exch':>6}  reconciles"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        f = row.figures
+        lines.append(
+            f"{row.institution.code:<10} {row.institution.name[:30]:<30} {row.institution.status:<9} "
+            f"{row.position.balance:>9} {row.position.debt:>7} {f['credited_units']:>9} {f['debited_units']:>9} "
+            f"{f['sync_count']:>6} {f['fetch_count']:>6} {f['exchange_out_count']:>6}  "
+            f"{'yes' if row.reconciles else 'NO'}"
+        )
+    return "\n".join(lines)
 
 
 def closed_periods(ledger: Ledger) -> list[int]:

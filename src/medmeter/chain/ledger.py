@@ -158,7 +158,9 @@ class Ledger:
         holders: dict[str, bool] = {}
         for event_name in ("RoleGranted", "RoleRevoked"):
             event = getattr(self.contract.events, event_name)
-            for log in event.get_logs(from_block=self.deployment.block, to_block=block, argument_filters={"role": role_id}):
+            for log in event.get_logs(
+                from_block=self.deployment.block, to_block=block, argument_filters={"role": role_id}
+            ):
                 holders.setdefault(log["args"]["account"], False)
         return [account for account in holders if self.call(self.contract.functions.hasRole(role_id, account), block)]
 

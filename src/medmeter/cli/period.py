@@ -60,14 +60,19 @@ def period_list(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def balances(ctx: click.Context, as_json: bool) -> None:
-    """Per institution: balance and debt on chain, credited and debited from events, counts per kind."""
-    from medmeter.app.operations import balances as balance_rows
-    from medmeter.app.operations import format_balances
+    """Per institution: balance and debt on chain, credited and debited from the export, counts per kind.
 
-    rows = balance_rows(session_of(ctx).ledger(as_operator=False))
+    Brings the export up to date first (as `medmeter export` does) and reads both sides at the
+    export's last block. Exits 1 if any institution's events and contract state disagree.
+    """
+    from medmeter.app.pipeline import balances as balance_rows
+    from medmeter.app.pipeline import format_balances
+
+    block, rows = balance_rows(session_of(ctx))
     if as_json:
-        click.echo(json.dumps([_row_json(r) for r in rows], indent=2))
+        click.echo(json.dumps({"block": block, "institutions": [_row_json(r) for r in rows]}, indent=2))
     else:
+        click.echo(f"at block {block}:")
         click.echo(format_balances(rows))
     if not all(r.reconciles for r in rows):
         raise MedmeterError("events and contract state disagree for the rows marked NO: report this ledger.")
@@ -81,7 +86,12 @@ def _row_json(row: Any) -> dict[str, Any]:
         "status": row.institution.status,
         "balance": row.position.balance,
         "debt": row.position.debt,
-        "credited": row.tally.credited,
-        "debited": row.tally.debited,
-        "counts": {k.name.lower(): v for k, v in row.tally.counts.items()},
+        "credited": row.figures["credited_units"],
+        "debited": row.figures["debited_units"],
+        "counts": {
+            "sync": row.figures["sync_count"],
+            "fetch": row.figures["fetch_count"],
+            "exchange": row.figures["exchange_out_count"],
+        },
+        "figures": row.figures,
     }

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from medmeter.cli.context import session_of
-from medmeter.cli.options import confirmations_option
+from medmeter.cli.options import LAST_PERIOD, PERIOD, confirmations_option
 from medmeter.errors import InputError, MedmeterError, WalletError
 
 
@@ -62,18 +62,25 @@ def _run_export(ctx: click.Context, *, out: Path | None = None, confirmations: i
 def _period_choice(ledger: Any, period: int | None, all_periods: bool) -> list[int]:
     from medmeter.app.pipeline import closed_periods
 
-    closed = closed_periods(ledger)
     if all_periods == (period is not None):
-        raise click.UsageError("give either --period P or --all.")
-    if all_periods:
+        raise click.UsageError("give either --period P (a number, or `last`) or --all: one of them is required.")
+    closed = closed_periods(ledger)
+    if all_periods or period == LAST_PERIOD:
         if not closed:
             raise MedmeterError("no settlement period is closed yet: close one with `medmeter period close`.")
-        return closed
+        return closed if all_periods else closed[-1:]
     assert period is not None
     if period not in closed:
+        current, start = ledger.current_period()
+        listed = f"closed: {', '.join(map(str, closed)) or 'none'}"
+        if period > current:
+            raise MedmeterError(
+                f"period {period} does not exist ({listed}; the open period is {current}): pick a closed period, "
+                "see `medmeter period list`."
+            )
         raise MedmeterError(
-            f"period {period} is not closed (closed: {', '.join(map(str, closed)) or 'none'}): close it with "
-            "`medmeter period close` or pick another."
+            f"period {period} is still open (since block {start}; {listed}): close it with `medmeter period close` "
+            "or pick a closed one."
         )
     return [period]
 
@@ -143,7 +150,8 @@ def export_cmd(
     Incremental: a checkpoint keeps the last exported block and its hash, so a second run reads only
     new blocks and an interrupted run resumes without duplicates. A reorg below the checkpoint is
     detected and the affected blocks are exported again. Read the parquet parts with
-    `medmeter.export.exporter.read_export(folder)` (it ignores unfinished parts) or use interactions.csv."""
+    `medmeter.export.reading.read_export_frame(folder)` (a pandas data frame; it ignores unfinished
+    parts) or use interactions.csv."""
     result = _run_export(
         ctx,
         out=out,
@@ -168,8 +176,12 @@ def export_cmd(
 
 
 @click.command("report")
-@click.option("--period", type=click.IntRange(1), help="The closed period to report.")
-@click.option("--all", "all_periods", is_flag=True, help="Report every closed period.")
+@click.option(
+    "--period",
+    type=PERIOD,
+    help="The closed period to report: its number, or `last` for the newest (this or --all is required).",
+)
+@click.option("--all", "all_periods", is_flag=True, help="Report every closed period (this or --period is required).")
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -216,7 +228,7 @@ def report_cmd(
 
 
 @click.command("anchor")
-@click.option("--period", type=click.IntRange(1), required=True, help="The closed period to anchor.")
+@click.option("--period", type=PERIOD, required=True, help="The closed period to anchor: its number, or `last`.")
 @_EXPORT_DIR_OPTION
 @click.pass_context
 def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None:
@@ -229,7 +241,7 @@ def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None
 
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
-    _period_choice(ledger, period, False)
+    [period] = _period_choice(ledger, period, False)
     export = _run_export(ctx, out=export_dir)
     settlement = settle_from_export(ledger, export, period)
     result = anchor_settlement(session.ledger(), settlement)
@@ -246,7 +258,9 @@ def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None
 @click.option(
     "--institution", "who", required=True, help="Address, keystore name or institution code of the institution."
 )
-@click.option("--period", type=click.IntRange(1), required=True, help="The closed, anchored period.")
+@click.option(
+    "--period", type=PERIOD, required=True, help="The closed, anchored period: its number, or `last`."
+)
 @click.option(
     "-o",
     "--output",
@@ -264,7 +278,7 @@ def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
     address = _resolve_institution(session, ledger, who)
-    _period_choice(ledger, period, False)
+    [period] = _period_choice(ledger, period, False)
     export = _run_export(ctx, out=export_dir)
     settlement = settle_from_export(ledger, export, period)
     statements = build_statements(settlement, ledger)

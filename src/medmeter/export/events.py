@@ -1,16 +1,14 @@
 """From raw ledger logs to rows of the interaction dataset.
 
-Two decoders produce the same table (`INTERACTION_SCHEMA`):
-
-* the fast path (`decode_interaction_logs` + `interaction_table`) works on the raw JSON of
+The one decoder of the ledger's events. `decode_interaction_logs` + `interaction_table` work on
+the raw JSON of
   `eth_getLogs`: the seven fixed-size data words of every `InteractionRecorded` log are decoded
   at once (the data strings joined, hex-decoded in one call, viewed as an `(n, 7, 32)` numpy
   byte array whose low eight bytes per word are read as big-endian integers); addresses are
   checksummed and hex quantities parsed once per distinct value, so no per-log work remains
   but a few list comprehensions that pick fields out of the JSON;
-* the simple path (`reference_table`) asks web3 for `contract.events.X.get_logs` and one block
-  per distinct block number, row by row. It is slow (web3 formats every log) but obviously
-  correct, and it is what the tests and the benchmark compare the fast path against.
+The tests' oracle (`tests/support/reference_decoder.py`) decodes the same logs the slow, obvious
+way (web3's `get_logs`, row by row); the tests and the export benchmark compare this one with it.
 
 A row's period is `1 + the number of PeriodClosed events in blocks <= the row's block`: a
 period closed by a transaction in block `c` spans up to block `c - 1`, so everything in block
@@ -29,7 +27,7 @@ import pyarrow as pa
 from eth_abi import decode as abi_decode
 from eth_utils import to_checksum_address
 
-from medmeter.chain.ledger import Ledger, bytes32_to_code
+from medmeter.chain.ledger import bytes32_to_code
 from medmeter.contract.facts import (
     INSTITUTION_REGISTERED_TOPIC,
     INTERACTION_RECORDED_TOPIC,
@@ -328,61 +326,3 @@ def interaction_table(
     if not np.array_equal(order, np.arange(n)):
         table = table.take(pa.array(order))
     return table
-
-
-# ---------------------------------------------------------------------------------- the simple path
-
-
-def reference_table(ledger: Ledger, from_block: int, to_block: int) -> pa.Table:
-    """The dataset rows of blocks `from_block..to_block`, decoded the slow, obvious way with web3.
-
-    Periods and institution codes are taken from the events since the deployment block."""
-    w3 = ledger.w3
-    events = ledger.contract.events
-    first = ledger.deployment.block
-    codes = {
-        log["args"]["institution"]: bytes32_to_code(log["args"]["code"])
-        for log in events.InstitutionRegistered.get_logs(from_block=first, to_block=to_block)
-    }
-    close_blocks = sorted(
-        log["blockNumber"] for log in events.PeriodClosed.get_logs(from_block=first, to_block=to_block)
-    )
-    logs = events.InteractionRecorded.get_logs(from_block=from_block, to_block=to_block)
-    blocks: dict[int, Any] = {}
-    rows: dict[str, list[Any]] = {name: [] for name in INTERACTION_COLUMNS}
-    for log in sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"])):
-        number = log["blockNumber"]
-        if number not in blocks:
-            blocks[number] = w3.eth.get_block(number)
-        args = log["args"]
-        counterparty = None if int(args["counterparty"], 16) == 0 else args["counterparty"]
-        period = 1 + sum(1 for close in close_blocks if close <= number)
-        values = {
-            "block_number": number,
-            "block_hash": log["blockHash"].to_0x_hex(),
-            "block_timestamp": blocks[number]["timestamp"],
-            "tx_hash": log["transactionHash"].to_0x_hex(),
-            "log_index": log["logIndex"],
-            "period": period,
-            "kind": Kind(args["kind"]).word,
-            "institution": args["institution"],
-            "institution_code": codes.get(args["institution"]),
-            "counterparty": counterparty,
-            "counterparty_code": codes.get(counterparty) if counterparty else None,
-            "category": args["category"],
-            "category_name": category_name(args["category"]),
-            "records": args["records"],
-            "units": args["units"],
-            "fee": args["fee"],
-            "data_hash": "0x" + args["dataHash"].hex(),
-            "nonce": str(args["nonce"]),
-        }
-        for name, value in values.items():
-            rows[name].append(value)
-    arrays = [
-        pa.array(rows["block_timestamp"], pa.int64()).cast(field.type)
-        if name == "block_timestamp"
-        else pa.array(rows[name], field.type)
-        for name, field in zip(INTERACTION_COLUMNS, INTERACTION_SCHEMA, strict=True)
-    ]
-    return pa.Table.from_arrays(arrays, schema=INTERACTION_SCHEMA)

@@ -24,10 +24,8 @@ the logs they vouch for, so a reorg racing the export is caught by the next chec
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,11 +35,21 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from medmeter.chain.ledger import Ledger
-from medmeter.errors import ChainMovedError, ExportStateError, MedmeterError, RpcUnavailableError
+from medmeter.errors import ChainMovedError, ExportStateError, MedmeterError
+from medmeter.export.checkpoint import (
+    CHECKPOINT_FILE,
+    CSV_FILE,
+    INSTITUTIONS_CSV,
+    PARTS_DIR,
+    PERIODS_CSV,
+    Checkpoint,
+    Part,
+    locked,
+    write_parquet_atomic,
+)
 from medmeter.export.events import (
     EXPORT_TOPICS,
     INSTITUTION_REGISTERED_TOPIC,
@@ -54,15 +62,10 @@ from medmeter.export.events import (
     interaction_table,
     split_by_topic,
 )
-from medmeter.fileio import write_atomic, write_json_atomic
-from medmeter.workspace import Workspace
+from medmeter.export.logs import block_hashes, fetch_blocks, fetch_logs
+from medmeter.export.reading import read_parts, write_csv_atomic, write_parts_csv
+from medmeter.fileio import write_json_atomic
 
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_FILE = "checkpoint.json"
-PARTS_DIR = "interactions"
-CSV_FILE = "interactions.csv"
-INSTITUTIONS_CSV = "institutions.csv"
-PERIODS_CSV = "periods.csv"
 DEFAULT_CHUNK_BLOCKS = 2_000
 # Requests start this many blocks wide and adapt to the event density (see Exporter._next_span).
 INITIAL_SPAN = 64
@@ -70,7 +73,6 @@ TARGET_ROWS_PER_REQUEST = 5_000
 # A part file is written (and checkpointed) at --chunk-blocks blocks or this many rows, whichever comes first.
 PART_ROWS = 250_000
 REORG_WINDOW = 128
-BLOCK_BATCH = 500
 # More part files than this and the finalized ones (older than the reorg window) are merged.
 MAX_PARTS = 64
 # Consecutive chunks the chain may move under before the export gives up.
@@ -84,127 +86,6 @@ PERIODS_SCHEMA = pa.schema(
 )
 
 FaultHook = Callable[[str, int], None]
-
-
-def default_export_dir(workspace: Workspace, chain_id: int, ledger_address: str) -> Path:
-    return workspace.reports_dir / "export" / f"{chain_id}-{ledger_address}"
-
-
-# ---------------------------------------------------------------------------------- raw JSON-RPC
-
-
-def fetch_logs(w3: Any, address: str, topics: Sequence[str], start: int, end: int) -> list[dict[str, Any]]:
-    """Raw `eth_getLogs` for any of `topics` (topic 0); halves the range when the node refuses it
-    (result limits), down to single blocks."""
-    response = w3.provider.make_request(
-        "eth_getLogs",
-        [{"address": address, "topics": [list(topics)], "fromBlock": hex(start), "toBlock": hex(end)}],
-    )
-    if "error" not in response:
-        return response["result"]
-    if end > start:
-        middle = (start + end) // 2
-        return fetch_logs(w3, address, topics, start, middle) + fetch_logs(w3, address, topics, middle + 1, end)
-    raise RpcUnavailableError(
-        f"eth_getLogs for block {start} failed: {response['error']}; check the node (`medmeter devnet status`) "
-        "and run the export again, it resumes where it stopped."
-    )
-
-
-def fetch_blocks(w3: Any, numbers: Sequence[int]) -> dict[int, dict[str, Any] | None]:
-    """Raw block headers (without transactions) by number, in JSON-RPC batches; None if beyond the head."""
-    out: dict[int, dict[str, Any] | None] = {}
-    numbers = list(dict.fromkeys(numbers))
-    for start in range(0, len(numbers), BLOCK_BATCH):
-        chunk = numbers[start : start + BLOCK_BATCH]
-        if len(chunk) == 1:
-            responses = [w3.provider.make_request("eth_getBlockByNumber", [hex(chunk[0]), False])]
-        else:
-            responses = w3.provider.make_batch_request([("eth_getBlockByNumber", [hex(n), False]) for n in chunk])
-        if not isinstance(responses, list) or len(responses) != len(chunk):
-            raise RpcUnavailableError(
-                f"the node answered a batch of {len(chunk)} block requests with {responses!r:.200}: check that it "
-                "supports JSON-RPC batches, then run the export again."
-            )
-        for number, response in zip(chunk, responses, strict=True):
-            if "error" in response:
-                raise RpcUnavailableError(
-                    f"eth_getBlockByNumber {number} failed: {response['error']}; run the export again."
-                )
-            out[number] = response["result"]
-    return out
-
-
-def block_hashes(w3: Any, numbers: Sequence[int]) -> dict[int, str | None]:
-    return {n: (b["hash"] if b else None) for n, b in fetch_blocks(w3, [n for n in numbers if n >= 0]).items()}
-
-
-# ---------------------------------------------------------------------------------- checkpoint
-
-
-@dataclass
-class Part:
-    file: str
-    from_block: int
-    to_block: int
-    rows: int
-
-
-@dataclass
-class Checkpoint:
-    chain_id: int
-    ledger: str
-    deployment_block: int
-    deployment_tx: str
-    last_block: int
-    last_block_hash: str | None
-    next_part: int = 1
-    parts: list[Part] = field(default_factory=list)
-    recent_hashes: dict[int, str] = field(default_factory=dict)
-    institutions: list[dict[str, Any]] = field(default_factory=list)
-    periods: list[dict[str, Any]] = field(default_factory=list)
-    views_block: int | None = None
-
-    @property
-    def rows(self) -> int:
-        return sum(p.rows for p in self.parts)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "chain_id": self.chain_id,
-            "ledger": self.ledger,
-            "deployment_block": self.deployment_block,
-            "deployment_tx": self.deployment_tx,
-            "last_block": self.last_block,
-            "last_block_hash": self.last_block_hash,
-            "next_part": self.next_part,
-            "parts": [vars(p) for p in self.parts],
-            "recent_hashes": [[b, h] for b, h in sorted(self.recent_hashes.items())],
-            "institutions": self.institutions,
-            "periods": self.periods,
-            "views_block": self.views_block,
-            "rows": self.rows,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
-        if data.get("format") != CHECKPOINT_FORMAT:
-            raise KeyError("format")
-        return cls(
-            chain_id=int(data["chain_id"]),
-            ledger=str(data["ledger"]),
-            deployment_block=int(data["deployment_block"]),
-            deployment_tx=str(data["deployment_tx"]),
-            last_block=int(data["last_block"]),
-            last_block_hash=data["last_block_hash"],
-            next_part=int(data["next_part"]),
-            parts=[Part(**p) for p in data["parts"]],
-            recent_hashes={int(b): str(h) for b, h in data["recent_hashes"]},
-            institutions=list(data["institutions"]),
-            periods=list(data["periods"]),
-            views_block=data.get("views_block"),
-        )
 
 
 @dataclass(frozen=True)
@@ -238,30 +119,6 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------- the exporter
-
-
-@contextlib.contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / ".lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ExportStateError(
-                f"another medmeter export is writing {out_dir}: wait for it to finish, then run this one again."
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -360,7 +217,7 @@ class Exporter:
     ) -> ExportResult:
         """Export new blocks up to `to_block` (default: the head), never past head - confirmations."""
         started = time.perf_counter()
-        with _locked(self.out_dir):
+        with locked(self.out_dir):
             head = self.w3.eth.block_number
             target = head - confirmations
             if to_block is not None:
@@ -606,7 +463,7 @@ class Exporter:
             table = pa.concat_tables(pending.tables).combine_chunks()
             name = f"part-{state.next_part:06d}-{pending.first_block:012d}-{pending.last_block:012d}.parquet"
             self.parts_dir.mkdir(parents=True, exist_ok=True)
-            _write_parquet_atomic(table, self.parts_dir / name)
+            write_parquet_atomic(table, self.parts_dir / name)
             state.parts.append(Part(name, pending.first_block, pending.last_block, table.num_rows))
             state.next_part += 1
             self._fault("part-written", part_index)
@@ -669,7 +526,7 @@ class Exporter:
                 table = table.filter(pc.less_equal(table["block_number"], block))
                 if table.num_rows:
                     name = f"part-{state.next_part:06d}-{part.from_block:012d}-{block:012d}.parquet"
-                    _write_parquet_atomic(table, self.parts_dir / name)
+                    write_parquet_atomic(table, self.parts_dir / name)
                     kept.append(Part(name, part.from_block, block, table.num_rows))
                     state.next_part += 1
         state.parts = kept
@@ -721,7 +578,7 @@ class Exporter:
     def _merge(self, state: Checkpoint, run: Sequence[Part]) -> Part:
         table = read_parts(self.parts_dir, run)
         name = f"part-{state.next_part:06d}-{run[0].from_block:012d}-{run[-1].to_block:012d}.parquet"
-        _write_parquet_atomic(table, self.parts_dir / name)
+        write_parquet_atomic(table, self.parts_dir / name)
         state.next_part += 1
         return Part(name, run[0].from_block, run[-1].to_block, table.num_rows)
 
@@ -762,79 +619,3 @@ class Exporter:
 
 
 # ---------------------------------------------------------------------------------- reading
-
-
-def read_parts(
-    parts_dir: Path, parts: Sequence[Part], columns: Sequence[str] | None = None, where: pc.Expression | None = None
-) -> pa.Table:
-    schema = INTERACTION_SCHEMA if columns is None else pa.schema([INTERACTION_SCHEMA.field(c) for c in columns])
-    if not parts:
-        return schema.empty_table()
-    tables = [
-        pq.read_table(
-            parts_dir / p.file,
-            schema=INTERACTION_SCHEMA,
-            columns=None if columns is None else list(columns),
-            filters=where,
-        )
-        for p in parts
-    ]
-    return pa.concat_tables(tables).combine_chunks()
-
-
-def read_checkpoint(out_dir: Path) -> Checkpoint:
-    path = out_dir / CHECKPOINT_FILE
-    if not path.is_file():
-        raise ExportStateError(f"{out_dir} holds no export (no {CHECKPOINT_FILE}): run `medmeter export` first.")
-    try:
-        return Checkpoint.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ExportStateError(
-            f"{path} is not a medmeter export checkpoint ({exc}): run `medmeter export --restart`."
-        ) from None
-
-
-def read_export(out_dir: Path, columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
-    """The exported rows, exactly those the checkpoint lists (never an orphan part), in chain order;
-    optionally only some `columns` and the rows matching a pyarrow expression `where`."""
-    state = read_checkpoint(out_dir)
-    return read_parts(out_dir / PARTS_DIR, state.parts, columns, where)
-
-
-def _csv_ready(table: pa.Table) -> pa.Table:
-    """Timestamps as ISO-8601 UTC text (2025-01-31T12:00:00Z); everything else as is."""
-    columns = []
-    for column, schema_field in zip(table.columns, table.schema, strict=True):
-        if pa.types.is_timestamp(schema_field.type):
-            # Formatted once per distinct value: every row of a block shares its timestamp.
-            encoded = column.combine_chunks().dictionary_encode()
-            text = pc.strftime(encoded.dictionary, format="%Y-%m-%dT%H:%M:%SZ")
-            column = text.take(encoded.indices)
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=table.column_names)
-
-
-_CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="needed")
-
-
-def write_csv_atomic(table: pa.Table, path: Path) -> None:
-    """A small table as CSV (empty cells for nulls), written atomically."""
-    sink = pa.BufferOutputStream()
-    pa_csv.write_csv(_csv_ready(table), sink, _CSV_OPTIONS)
-    write_atomic(path, sink.getvalue().to_pybytes())
-
-
-def write_parts_csv(parts_dir: Path, parts: Sequence[Part], path: Path) -> None:
-    """All parts as one CSV, streamed part by part (memory stays at one part), then renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    schema = _csv_ready(INTERACTION_SCHEMA.empty_table()).schema
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa_csv.CSVWriter(sink, schema, write_options=_CSV_OPTIONS) as writer:
-            for part in parts:
-                writer.write_table(_csv_ready(pq.read_table(parts_dir / part.file, schema=INTERACTION_SCHEMA)))
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medmeter.fileio import write_atomic
+from medmeter.settlement.crediting import postings, signed_units
 from medmeter.settlement.period import PeriodSettlement
 
 KIND_COLOURS = {"sync": "#2a9d8f", "fetch": "#e76f51", "exchange": "#457b9d"}
@@ -58,22 +59,11 @@ def _save(figure, path: Path) -> None:  # figure: Figure
 def net_by_block(settlement: PeriodSettlement) -> pd.DataFrame:
     """Cumulative net units per institution code (columns) after each block with activity (index),
     starting at 0 at the period's first block and ending at its last block."""
-    frame = settlement.interactions
     codes = settlement.codes()
     order = [i.code for i in settlement.institutions]
-    exchange = frame["kind"] == "exchange"
-    signed = np.where(frame["kind"] == "sync", frame["units"], -frame["units"])
-    deltas = pd.concat(
-        [
-            pd.DataFrame({"block": frame["block_number"], "code": frame["institution"].map(codes), "units": signed}),
-            pd.DataFrame(
-                {
-                    "block": frame.loc[exchange, "block_number"],
-                    "code": frame.loc[exchange, "counterparty"].map(codes),
-                    "units": frame.loc[exchange, "units"] - frame.loc[exchange, "fee"],
-                }
-            ),
-        ]
+    entries = postings(settlement.interactions)
+    deltas = pd.DataFrame(
+        {"block": entries["block_number"], "code": entries["institution"].map(codes), "units": signed_units(entries)}
     )
     per_block = deltas.pivot_table(index="block", columns="code", values="units", aggfunc="sum", fill_value=0)
     blocks = sorted({settlement.info.from_block, *per_block.index, settlement.info.to_block})

@@ -1,60 +1,95 @@
-"""The per-institution tally (the patent's settlement metering value) from events, next to
-the contract's own balance and debt."""
+"""The crediting rule, written once for everything that turns recorded interactions into money.
+
+The contract applies it on chain; this module states it for the rows of the export:
+
+* a `sync` credits the institution its units;
+* a `fetch` debits the institution its units;
+* an `exchange` debits the consuming institution (`institution`) the full units and credits the
+  providing institution (`counterparty`) the units less the platform fee, which is burned: the
+  fee is no one's balance, it is the platform's income, shown as the provider's `fee_units`.
+
+`postings` expands each row into the entries it makes on institutions' accounts; settlement rows,
+balances and the net-position chart are sums of those entries, so none of them restates the rule.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from medmeter.chain.ledger import InstitutionInfo, Position
-from medmeter.export.reference_decoder import RecordedInteraction
-from medmeter.signing.interaction import Kind
+import numpy as np
+import pandas as pd
 
+from medmeter.contract.facts import BPS_DENOMINATOR
 
-@dataclass
-class InstitutionTally:
-    credited: int = 0
-    debited: int = 0
-    counts: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(Kind, 0))
+# Posting names; each is a column pair `<name>_count`, `<name>_units` of a settlement row.
+SYNC, FETCH, EXCHANGE_IN, EXCHANGE_OUT = "sync", "fetch", "exchange_in", "exchange_out"
+POSTINGS = (SYNC, FETCH, EXCHANGE_IN, EXCHANGE_OUT)
+CREDITS = (SYNC, EXCHANGE_IN)
+DEBITS = (FETCH, EXCHANGE_OUT)
 
-    @property
-    def net(self) -> int:
-        return self.credited - self.debited
-
-
-def tally(interactions: Iterable[RecordedInteraction]) -> dict[str, InstitutionTally]:
-    """Credits and debits per institution, by the ledger's rules, from events alone."""
-    tallies: dict[str, InstitutionTally] = {}
-
-    def of(address: str) -> InstitutionTally:
-        return tallies.setdefault(address, InstitutionTally())
-
-    for event in interactions:
-        kind = Kind(event.kind)
-        actor = of(event.institution)
-        actor.counts[kind] += 1
-        if kind is Kind.SYNC:
-            actor.credited += event.units
-        else:
-            actor.debited += event.units
-            if kind is Kind.EXCHANGE:
-                of(event.counterparty).credited += event.units - event.fee
-    return tallies
+# The per-institution figures `tally` returns, in settlement-row order.
+TALLY_COLUMNS: tuple[str, ...] = (
+    *(f"{p}_{what}" for p in POSTINGS for what in ("count", "units")),
+    "fee_units",
+    "credited_units",
+    "debited_units",
+    "net_units",
+)
 
 
-@dataclass(frozen=True)
-class BalanceRow:
-    institution: InstitutionInfo
-    position: Position
-    tally: InstitutionTally
-
-    @property
-    def reconciles(self) -> bool:
-        """balance - debt from the contract equals credits - debits from events."""
-        return self.position.balance - self.position.debt == self.tally.net
+def platform_fee(units: int, fee_bps: int) -> int:
+    """The fee the contract withholds from an exchange's units (rounded down, as Solidity divides)."""
+    return units * fee_bps // BPS_DENOMINATOR
 
 
-def balance_rows(
-    institutions: list[InstitutionInfo], positions: dict[str, Position], tallies: dict[str, InstitutionTally]
-) -> list[BalanceRow]:
-    return [BalanceRow(i, positions[i.address], tallies.get(i.address, InstitutionTally())) for i in institutions]
+def postings(interactions: pd.DataFrame) -> pd.DataFrame:
+    """One row per account entry: `block_number`, `institution`, `posting`, `units` (>= 0), `fee`.
+
+    `fee` is the fee withheld from that entry (non-zero only on `exchange_in`); `units` is what
+    the account is credited or debited, per `CREDITS` and `DEBITS`.
+    """
+    kind = interactions["kind"]
+    exchange = interactions[kind == "exchange"]
+    parts = [
+        _entries(interactions[kind == "sync"], "institution", SYNC, None),
+        _entries(interactions[kind == "fetch"], "institution", FETCH, None),
+        _entries(exchange, "institution", EXCHANGE_OUT, None),
+        _entries(exchange, "counterparty", EXCHANGE_IN, exchange["fee"]),
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _entries(rows: pd.DataFrame, account: str, posting: str, fee: pd.Series | None) -> pd.DataFrame:
+    withheld = fee.to_numpy(dtype="int64") if fee is not None else np.zeros(len(rows), dtype="int64")
+    return pd.DataFrame(
+        {
+            "block_number": rows["block_number"].to_numpy(dtype="int64"),
+            "institution": rows[account].to_numpy(dtype=object),
+            "posting": posting,
+            "units": rows["units"].to_numpy(dtype="int64") - withheld,
+            "fee": withheld,
+        }
+    )
+
+
+def signed_units(entries: pd.DataFrame) -> pd.Series:
+    """Each entry's effect on its account's net position: + for credits, - for debits."""
+    return entries["units"].where(entries["posting"].isin(CREDITS), -entries["units"])
+
+
+def tally(interactions: pd.DataFrame, addresses: Sequence[str]) -> pd.DataFrame:
+    """`TALLY_COLUMNS` per institution (index: `addresses`, in that order), zero where none."""
+    entries = postings(interactions)
+    grouped = entries.groupby(["institution", "posting"])["units"].agg(["size", "sum"])
+    out = pd.DataFrame(index=pd.Index(list(addresses), name="institution"))
+    for posting in POSTINGS:
+        part = grouped.xs(posting, level="posting") if posting in grouped.index.get_level_values(1) else None
+        for what, column in (("count", "size"), ("units", "sum")):
+            values = part[column] if part is not None else pd.Series(dtype="int64")
+            out[f"{posting}_{what}"] = values.reindex(out.index, fill_value=0).astype("int64")
+    fees = entries.groupby("institution")["fee"].sum()
+    out["fee_units"] = fees.reindex(out.index, fill_value=0).astype("int64")
+    out["credited_units"] = sum(out[f"{p}_units"] for p in CREDITS)
+    out["debited_units"] = sum(out[f"{p}_units"] for p in DEBITS)
+    out["net_units"] = out["credited_units"] - out["debited_units"]
+    return out[list(TALLY_COLUMNS)]

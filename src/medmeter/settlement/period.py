@@ -21,6 +21,7 @@ import pandas as pd
 from medmeter.chain.ledger import InstitutionInfo, Ledger, Position
 from medmeter.errors import MedmeterError, ReconciliationError
 from medmeter.fileio import write_atomic
+from medmeter.settlement.crediting import tally
 
 # Columns of reports/settlement-<period>.csv, in order (documented in the README).
 SETTLEMENT_COLUMNS: tuple[str, ...] = (
@@ -139,25 +140,11 @@ def _guard_sums(interactions: pd.DataFrame) -> None:
 
 
 def tally_period(interactions: pd.DataFrame, institutions: Sequence[InstitutionInfo], info: PeriodInfo) -> pd.DataFrame:
-    """Counts and units per institution by the ledger's rules (positions not yet attached)."""
+    """Counts and units per institution by the crediting rule (positions not yet attached)."""
     _guard_sums(interactions)
     addresses = [i.address for i in institutions]
-
-    def per(frame: pd.DataFrame, by: str, value: pd.Series | str) -> pd.DataFrame:
-        values = frame[value] if isinstance(value, str) else value
-        grouped = values.groupby(frame[by]).agg(["size", "sum"])
-        return grouped.reindex(addresses, fill_value=0).astype("int64")
-
-    sync = interactions[interactions["kind"] == "sync"]
-    fetch = interactions[interactions["kind"] == "fetch"]
-    exchange = interactions[interactions["kind"] == "exchange"]
-    sync_by = per(sync, "institution", "units")
-    fetch_by = per(fetch, "institution", "units")
-    out_by = per(exchange, "institution", "units")
-    in_by = per(exchange, "counterparty", exchange["units"] - exchange["fee"])
-    fee_by = per(exchange, "counterparty", "fee")
-
-    rows = pd.DataFrame(
+    figures = tally(interactions, addresses).reset_index(drop=True)
+    head = pd.DataFrame(
         {
             "period": info.period,
             "from_block": info.from_block,
@@ -165,21 +152,9 @@ def tally_period(interactions: pd.DataFrame, institutions: Sequence[InstitutionI
             "institution": addresses,
             "code": [i.code for i in institutions],
             "name": [i.name for i in institutions],
-            "sync_count": sync_by["size"].to_numpy(),
-            "sync_units": sync_by["sum"].to_numpy(),
-            "fetch_count": fetch_by["size"].to_numpy(),
-            "fetch_units": fetch_by["sum"].to_numpy(),
-            "exchange_in_count": in_by["size"].to_numpy(),
-            "exchange_in_units": in_by["sum"].to_numpy(),
-            "exchange_out_count": out_by["size"].to_numpy(),
-            "exchange_out_units": out_by["sum"].to_numpy(),
-            "fee_units": fee_by["sum"].to_numpy(),
         }
     )
-    rows["credited_units"] = rows["sync_units"] + rows["exchange_in_units"]
-    rows["debited_units"] = rows["fetch_units"] + rows["exchange_out_units"]
-    rows["net_units"] = rows["credited_units"] - rows["debited_units"]
-    return rows
+    return pd.concat([head, figures], axis=1)
 
 
 def attach_positions(rows: pd.DataFrame, opening: dict[str, Position], closing: dict[str, Position]) -> pd.DataFrame:
