@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,6 +54,12 @@ EXPECTED_SETTLEMENT_COLUMNS = [
     "closing_debt",
 ]
 LAB, IMAGING = 2, 3
+# The CSV file adds the period's UTC dates beside its blocks and a TOTAL row.
+EXPECTED_CSV_COLUMNS = [*EXPECTED_SETTLEMENT_COLUMNS[:3], "from_time", "to_time", *EXPECTED_SETTLEMENT_COLUMNS[3:]]
+
+
+def block_time(env, number) -> int:
+    return env.w3.eth.get_block(int(number))["timestamp"]
 
 
 def dataset(env, tmp_path) -> pd.DataFrame:
@@ -170,8 +178,23 @@ def test_csvs_and_charts(known_period, tmp_path):
     files = write_settlement_csvs(settlement, tmp_path / "reports")
     assert files.settlement_csv.name == "settlement-1.csv"
     written = pd.read_csv(files.settlement_csv)
-    assert list(written.columns) == EXPECTED_SETTLEMENT_COLUMNS
-    assert written["net_units"].tolist() == settlement.rows["net_units"].tolist()
+    assert list(written.columns) == EXPECTED_CSV_COLUMNS
+    institutions, total = written.iloc[:-1], written.iloc[-1]
+    assert institutions["net_units"].tolist() == settlement.rows["net_units"].tolist()
+    assert total["code"] == "TOTAL"
+    for column in ("sync_units", "fee_units", "credited_units", "debited_units", "closing_balance", "closing_debt"):
+        assert total[column] == institutions[column].sum(), column
+    # a period's first and last block times, as the node reports them
+    first, last = (
+        known_period.w3.eth.get_block(int(written[c].iloc[0]))["timestamp"] for c in ("from_block", "to_block")
+    )
+    assert written["from_time"].iloc[0] == pd.Timestamp(first, unit="s").strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert written["to_time"].iloc[0] == pd.Timestamp(last, unit="s").strftime("%Y-%m-%dT%H:%M:%SZ")
+    fees = pd.read_csv(files.platform_fees_csv)
+    rate_lab, rate_imaging = rate_of(known_period.ledger, LAB)[1], rate_of(known_period.ledger, IMAGING)[1]
+    fee_bps = fee_bps_of(known_period.ledger)
+    by_hand = 3 * rate_imaging * fee_bps // 10_000 + 2 * rate_lab * fee_bps // 10_000
+    assert fees[["exchanges", "fee_units"]].iloc[0].tolist() == [2, by_hand]
     matrix = pd.read_csv(files.matrix_csv, index_col="consumer_code")
     assert list(matrix.columns) == list(matrix.index) == ["TEST-000", "TEST-001", "TEST-002"]
     assert list(pd.read_csv(files.categories_csv).columns) == list(CATEGORY_COLUMNS)
@@ -179,7 +202,10 @@ def test_csvs_and_charts(known_period, tmp_path):
     cumulative = net_by_block(settlement)
     assert cumulative.iloc[-1].tolist() == settlement.rows["net_units"].tolist()
     assert cumulative.index[-1] == settlement.info.to_block
+    assert cumulative.index[0] >= settlement.info.from_block
+    assert (cumulative.iloc[0] == 0).all()  # the chart starts flat, just before the first interaction
     charts = write_charts(settlement, tmp_path / "reports")
+    assert len(charts.all()) == 4
     for path in charts.all():
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, path
@@ -193,7 +219,7 @@ def test_write_period_reports_end_to_end(env, tmp_path, monkeypatch, cli_workspa
     paths = write_period_reports(session, 1, lines.append)
     assert paths.settlement_csv == cli_workspace.reports / "settlement-1.csv"
     assert all(path.is_file() for path in paths.files())
-    assert len(paths.charts) == 3
+    assert len(paths.charts) == 4
     assert len(paths.statements) == 3
     assert paths.anchor_tx is not None
     assert env.ledger.call(env.ledger.contract.functions.settlementRoot(1)).hex() == paths.root.removeprefix("0x")
@@ -217,7 +243,7 @@ def test_cli_report_writes_the_period_files(env, cli_workspace: CliWorkspace):
     for period in (1, 2):
         csv = cli_workspace.reports / f"settlement-{period}.csv"
         assert str(csv) in result.output
-        assert list(pd.read_csv(csv).columns) == EXPECTED_SETTLEMENT_COLUMNS
+        assert list(pd.read_csv(csv).columns) == EXPECTED_CSV_COLUMNS
         assert (cli_workspace.reports / f"settlement-{period}-exchange-matrix.png").is_file()
     assert "reconciled" in result.output
 
@@ -243,3 +269,15 @@ def test_cli_report_needs_a_closed_period(env, cli_workspace: CliWorkspace):
     result = CliRunner().invoke(cli, ["report", "--period", "1"])
     assert result.exit_code != 0
     assert "period 1 is not closed" in str(result.exception)
+
+
+def test_names_that_look_like_formulas_stay_text_in_the_csv(known_period, tmp_path):
+    settlement = settle_period(known_period.ledger, dataset(known_period, tmp_path), 1)
+    rows = settlement.rows.copy()
+    rows.loc[0, "name"] = '=HYPERLINK("http://evil.example","click")'
+    rows.loc[1, "name"] = "+1-555"
+    rows.loc[2, "name"] = "Plain Clinic"
+    files = write_settlement_csvs(replace(settlement, rows=rows), tmp_path / "reports")
+    names = pd.read_csv(files.settlement_csv)["name"].tolist()
+    assert names[:3] == ['\'=HYPERLINK("http://evil.example","click")', "'+1-555", "Plain Clinic"]
+    assert names[-1] == "all institutions"

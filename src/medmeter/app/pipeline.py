@@ -39,6 +39,7 @@ class ReportPaths:
     settlement_csv: Path
     matrix_csv: Path
     categories_csv: Path
+    platform_fees_csv: Path
     charts: tuple[Path, ...]
     export_dir: Path
     root: str | None = None
@@ -47,7 +48,8 @@ class ReportPaths:
     statements: tuple[Path, ...] = ()
 
     def files(self) -> tuple[Path, ...]:
-        return (self.settlement_csv, self.matrix_csv, self.categories_csv, *self.charts, *self.statements)
+        tables = (self.settlement_csv, self.matrix_csv, self.categories_csv, self.platform_fees_csv)
+        return (*tables, *self.charts, *self.statements)
 
 
 def export_dir_for(session: Session, ledger: Ledger | None = None) -> Path:
@@ -209,6 +211,7 @@ def write_period_reports(
     echo(f"  settlement:        {files.settlement_csv}")
     echo(f"  exchange matrix:   {files.matrix_csv}")
     echo(f"  categories:        {files.categories_csv}")
+    echo(f"  platform fees:     {files.platform_fees_csv} (fees are burned: this is the platform's income)")
     for chart in chart_files:
         echo(f"  chart:             {chart}")
     if root is not None:
@@ -225,6 +228,7 @@ def write_period_reports(
         settlement_csv=files.settlement_csv,
         matrix_csv=files.matrix_csv,
         categories_csv=files.categories_csv,
+        platform_fees_csv=files.platform_fees_csv,
         charts=chart_files,
         export_dir=out_dir,
         root=root,

@@ -42,8 +42,9 @@ def platform_fee(units: int, fee_bps: int) -> int:
     return units * fee_bps // BPS_DENOMINATOR
 
 
-def postings(interactions: pd.DataFrame) -> pd.DataFrame:
-    """One row per account entry: `block_number`, `institution`, `posting`, `units` (>= 0), `fee`.
+def postings(interactions: pd.DataFrame, carry: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per account entry: `block_number`, `institution`, `posting`, `units` (>= 0), `fee`,
+    plus the interaction's `carry` columns (e.g. `category_name`).
 
     `fee` is the fee withheld from that entry (non-zero only on `exchange_in`); `units` is what
     the account is credited or debited, per `CREDITS` and `DEBITS`.
@@ -51,25 +52,27 @@ def postings(interactions: pd.DataFrame) -> pd.DataFrame:
     kind = interactions["kind"]
     exchange = interactions[kind == "exchange"]
     parts = [
-        _entries(interactions[kind == "sync"], "institution", SYNC, None),
-        _entries(interactions[kind == "fetch"], "institution", FETCH, None),
-        _entries(exchange, "institution", EXCHANGE_OUT, None),
-        _entries(exchange, "counterparty", EXCHANGE_IN, exchange["fee"]),
+        _entries(interactions[kind == "sync"], "institution", SYNC, None, carry),
+        _entries(interactions[kind == "fetch"], "institution", FETCH, None, carry),
+        _entries(exchange, "institution", EXCHANGE_OUT, None, carry),
+        _entries(exchange, "counterparty", EXCHANGE_IN, exchange["fee"], carry),
     ]
     return pd.concat(parts, ignore_index=True)
 
 
-def _entries(rows: pd.DataFrame, account: str, posting: str, fee: pd.Series | None) -> pd.DataFrame:
+def _entries(
+    rows: pd.DataFrame, account: str, posting: str, fee: pd.Series | None, carry: Sequence[str]
+) -> pd.DataFrame:
     withheld = fee.to_numpy(dtype="int64") if fee is not None else np.zeros(len(rows), dtype="int64")
-    return pd.DataFrame(
-        {
-            "block_number": rows["block_number"].to_numpy(dtype="int64"),
-            "institution": rows[account].to_numpy(dtype=object),
-            "posting": posting,
-            "units": rows["units"].to_numpy(dtype="int64") - withheld,
-            "fee": withheld,
-        }
-    )
+    columns = {
+        "block_number": rows["block_number"].to_numpy(dtype="int64"),
+        "institution": rows[account].to_numpy(dtype=object),
+        "posting": posting,
+        "units": rows["units"].to_numpy(dtype="int64") - withheld,
+        "fee": withheld,
+    }
+    columns.update({name: rows[name].to_numpy() for name in carry})
+    return pd.DataFrame(columns)
 
 
 def signed_units(entries: pd.DataFrame) -> pd.Series:

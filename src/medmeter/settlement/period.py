@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,20 @@ CATEGORY_COLUMNS: tuple[str, ...] = (
     "units",
     "fee_units",
 )
+PLATFORM_FEE_COLUMNS: tuple[str, ...] = (
+    "period",
+    "from_block",
+    "to_block",
+    "from_time",
+    "to_time",
+    "exchanges",
+    "exchanged_units",
+    "fee_units",
+)
 MATRIX_INDEX = "consumer_code"
+# The settlement CSV's last row sums every institution; its `code` cell says so.
+TOTAL_CODE = "TOTAL"
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 KINDS = ("sync", "fetch", "exchange")
 _INT64_LIMIT = 2**63
 
@@ -68,6 +82,9 @@ class PeriodInfo:
     period: int
     from_block: int
     to_block: int
+    # Timestamps (UTC) of the period's first and last blocks, for readers who think in dates.
+    from_time: datetime | None = None
+    to_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +109,10 @@ class SettlementFiles:
     settlement_csv: Path
     matrix_csv: Path
     categories_csv: Path
+    platform_fees_csv: Path
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.settlement_csv, self.matrix_csv, self.categories_csv, self.platform_fees_csv)
 
 
 # ---------------------------------------------------------------------------------- pure steps
@@ -252,7 +273,8 @@ def read_positions(ledger: Ledger, addresses: Sequence[str], block: int) -> dict
 
 def period_info(ledger: Ledger, period: int) -> PeriodInfo:
     from_block, to_block = ledger.period_range(period)
-    return PeriodInfo(period, from_block, to_block)
+    times = [datetime.fromtimestamp(ledger.w3.eth.get_block(n)["timestamp"], UTC) for n in (from_block, to_block)]
+    return PeriodInfo(period, from_block, to_block, times[0], times[1])
 
 
 def settle_period(ledger: Ledger, dataset: pd.DataFrame, period: int) -> PeriodSettlement:
@@ -286,16 +308,72 @@ def settlement_paths(reports_dir: Path, period: int) -> SettlementFiles:
         settlement_csv=reports_dir / f"settlement-{period}.csv",
         matrix_csv=reports_dir / f"settlement-{period}-exchange-matrix.csv",
         categories_csv=reports_dir / f"settlement-{period}-categories.csv",
+        platform_fees_csv=reports_dir / f"settlement-{period}-platform-fees.csv",
     )
 
 
+def _iso(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+def settlement_sheet(settlement: PeriodSettlement) -> pd.DataFrame:
+    """The settlement CSV: the rows with the period's UTC dates beside its blocks, then a TOTAL row
+    (its figures summed over institutions; balances and debts too, so the ledger-wide position shows)."""
+    rows = settlement.rows.copy()
+    info = settlement.info
+    rows.insert(rows.columns.get_loc("to_block") + 1, "from_time", _iso(info.from_time))
+    rows.insert(rows.columns.get_loc("from_time") + 1, "to_time", _iso(info.to_time))
+    summed = [c for c in SETTLEMENT_COLUMNS if c.endswith(("_count", "_units", "_balance", "_debt"))]
+    total = {c: "" for c in rows.columns} | {c: int(rows[c].sum()) for c in summed}
+    total |= {"period": info.period, "from_block": info.from_block, "to_block": info.to_block, "code": TOTAL_CODE}
+    total |= {"from_time": _iso(info.from_time), "to_time": _iso(info.to_time), "name": "all institutions"}
+    return pd.concat([rows, pd.DataFrame([total], columns=rows.columns)], ignore_index=True)
+
+
+def platform_fees(settlement: PeriodSettlement) -> pd.DataFrame:
+    """The platform's income for the period: the fee withheld from every exchange. The contract burns
+    it (it is no institution's balance and no one's ERC-20 balance); this row is where it shows."""
+    exchanges = settlement.interactions[settlement.interactions["kind"] == "exchange"]
+    info = settlement.info
+    return pd.DataFrame(
+        [
+            {
+                "period": info.period,
+                "from_block": info.from_block,
+                "to_block": info.to_block,
+                "from_time": _iso(info.from_time),
+                "to_time": _iso(info.to_time),
+                "exchanges": len(exchanges),
+                "exchanged_units": int(exchanges["units"].sum()),
+                "fee_units": int(exchanges["fee"].sum()),
+            }
+        ],
+        columns=list(PLATFORM_FEE_COLUMNS),
+    )
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as a formula (=, +, -, @, tab, CR first) get a leading `'`
+    (OWASP's CSV-injection advice), so a registered name such as `=HYPERLINK(...)` stays text."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+            )
+    if out.index.dtype == object:
+        out.index = out.index.map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+    return out
+
+
 def _csv(frame: pd.DataFrame, path: Path, **kwargs: Any) -> None:
-    write_atomic(path, frame.to_csv(lineterminator="\n", **kwargs))
+    write_atomic(path, spreadsheet_safe(frame).to_csv(lineterminator="\n", **kwargs))
 
 
 def write_settlement_csvs(settlement: PeriodSettlement, reports_dir: Path) -> SettlementFiles:
     paths = settlement_paths(reports_dir, settlement.period)
-    _csv(settlement.rows, paths.settlement_csv, index=False)
+    _csv(settlement_sheet(settlement), paths.settlement_csv, index=False)
     _csv(settlement.matrix, paths.matrix_csv, index=True)
     _csv(settlement.categories, paths.categories_csv, index=False)
+    _csv(platform_fees(settlement), paths.platform_fees_csv, index=False)
     return paths
