@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from medmeter.app.keep_deployment import keep_aside, remember
 from medmeter.app.operations import (
     DEMO_INSTITUTIONS,
     apply_default_tariff,
@@ -41,8 +42,12 @@ def run_demo(
     if not session.keystores.exists(session.operator_name):
         session.keystores.create(session.operator_name)
     operator = session.operator()
+    echo("[2/9] compiling (cached after the first run) and deploying the ledger, about 20 s...")
+    previous = remember(workspace, session.w3.eth.chain_id)
     deployment = deploy(workspace, session.w3, Transactor(session.w3, operator))
     echo(f"[2/9] deployed MeteringLedger at {deployment.address} in block {deployment.block}")
+    if (kept := keep_aside(previous)) is not None:
+        echo(f"      (the previous deployment file is kept as {kept})")
 
     wallets = [spec.wallet for spec in DEMO_INSTITUTIONS]
     register_institutions(session, DEMO_INSTITUTIONS)

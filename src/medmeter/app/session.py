@@ -19,7 +19,12 @@ from medmeter.chain.ledger import Ledger
 from medmeter.chain.rpc import RPC_URL_ENV, connect
 from medmeter.errors import MedmeterError, WalletError
 from medmeter.signing.nonces import NonceBook
-from medmeter.signing.wallets import DEFAULT_SCRYPT_N, KeystoreDirectory, password_from_env_or_prompt
+from medmeter.signing.wallets import (
+    DEFAULT_SCRYPT_N,
+    KeystoreDirectory,
+    password_from_env_or_prompt,
+    wallet_listing,
+)
 from medmeter.toolchain import devnet
 from medmeter.workspace import Workspace
 
@@ -35,6 +40,7 @@ class Session:
     operator_name: str = OPERATOR_WALLET
     deployment_file: Path | None = None
     prompt: Callable[[str], str] | None = None
+    allow_empty_password: bool = False
     _ledgers: dict[bool, Ledger] = field(default_factory=dict, init=False)
 
     @cached_property
@@ -57,8 +63,12 @@ class Session:
 
     @cached_property
     def keystores(self) -> KeystoreDirectory:
-        scrypt_n = int(os.environ.get(SCRYPT_N_ENV, DEFAULT_SCRYPT_N))
-        return KeystoreDirectory(self.workspace.keystore_dir, password_from_env_or_prompt(self.prompt), scrypt_n)
+        raw = os.environ.get(SCRYPT_N_ENV, str(DEFAULT_SCRYPT_N))
+        # scrypt needs a power of two above 1; a typo here would otherwise surface as a crypto traceback.
+        if not raw.isdigit() or len(raw) > 12 or (n := int(raw)) < 2 or n & (n - 1):
+            raise MedmeterError(f"{SCRYPT_N_ENV}={raw!r} is not a power of two above 1: unset it or give e.g. 262144.")
+        password = password_from_env_or_prompt(self.prompt, self.allow_empty_password)
+        return KeystoreDirectory(self.workspace.keystore_dir, password, n)
 
     @cached_property
     def nonce_book(self) -> NonceBook:
@@ -76,9 +86,16 @@ class Session:
 
     def operator(self):  # -> LocalAccount
         if not self.keystores.exists(self.operator_name):
+            names = self.keystores.names()
+            if not names:
+                raise WalletError(
+                    f"no operator keystore {self.operator_name!r} (there are no keystores here yet): create it with "
+                    f"`medmeter wallet new {self.operator_name}` before `medmeter deploy` (the demo does this for you)."
+                )
+            # A new key made now would hold none of the ledger's roles: point at the keystores that exist instead.
             raise WalletError(
-                f"no operator keystore {self.operator_name!r}: create it with `medmeter wallet new "
-                f"{self.operator_name}` (the demo does this for you)."
+                f"no operator keystore {self.operator_name!r} ({wallet_listing(self.operator_name, names)}): pass "
+                "--operator with the keystore that deployed the ledger (a new key would hold none of its roles)."
             )
         account = self.keystores.unlock(self.operator_name)
         self.ensure_funded(account.address)
@@ -103,4 +120,7 @@ class Session:
             return to_checksum_address(value)
         if self.keystores.exists(value):
             return self.keystores.address(value)
-        raise MedmeterError(f"{value!r} is neither an address nor a keystore name: see `medmeter wallet list`.")
+        raise MedmeterError(
+            f"{value!r} is neither an address nor a keystore name ({wallet_listing(value, self.keystores.names())}): "
+            "check the name with `medmeter wallet list`."
+        )

@@ -24,10 +24,17 @@ def institution_register(ctx: click.Context, wallet: str, code: str, display_nam
     session = session_of(ctx)
     from eth_utils import is_address
 
-    if not is_address(wallet) and not session.keystores.exists(wallet):
+    ledger = session.ledger()  # operator and deployment first: a failure there must create no keystore
+    created = not is_address(wallet) and not session.keystores.exists(wallet)
+    if created:
         session.keystores.create(wallet)
     address = session.resolve_address(wallet)
-    session.ledger().register(address, code, display_name, credit_line)
+    try:
+        ledger.register(address, code, display_name, credit_line)
+    except BaseException:
+        if created:  # no orphan keystore for an institution that was never registered
+            session.keystores.path(wallet).unlink(missing_ok=True)
+        raise
     click.echo(f"registered {display_name} ({code}) at {address}")
 
 

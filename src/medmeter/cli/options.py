@@ -26,9 +26,34 @@ EXIT_REJECTED = 3
 
 UINT64 = click.IntRange(0, UINT64_MAX)
 
+# `--period last` stands for the newest closed period: the walk-through works whether or not the
+# demo closed period 1 first. The sentinel is resolved against the ledger by the command.
+LAST_PERIOD = 0
+
+
+class PeriodType(click.ParamType):
+    name = "P"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text in {"last", "latest"}:
+            return LAST_PERIOD
+        if text.isdigit() and len(text) <= 20 and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is not a period: give its number (1, 2, ...) or `last`.", param, ctx)
+
+
+PERIOD = PeriodType()
+
 RPC_URL_HELP = "JSON-RPC endpoint of an external node (Anvil, Ganache, Hardhat, Besu) [env MEDMETER_RPC_URL]."
 OPERATOR_HELP = "Keystore name of the platform operator (default: operator)."
 DEPLOYMENT_HELP = "Deployment file to use instead of deployments/<chain-id>.json."
+ALLOW_EMPTY_PASSWORD_HELP = (
+    "Accept an empty keystore password (refused otherwise: it encrypts the key with nothing) "
+    "[env MEDMETER_ALLOW_EMPTY_PASSWORD=1]."
+)
 
 
 def _remember(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
@@ -57,7 +82,24 @@ def global_options(command: F) -> F:
         command = click.option(
             flag, type=kind, help=help_text, expose_value=False, is_eager=True, callback=_remember(name)
         )(command)
-    return command
+    # A flag, so it cannot share the loop: an absent flag (False) must not overwrite one given before the command.
+    return click.option(
+        "--allow-empty-password",
+        is_flag=True,
+        default=None,
+        help=ALLOW_EMPTY_PASSWORD_HELP,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_flag("allow_empty_password"),
+    )(command)
+
+
+def _remember_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.find_root().ensure_object(dict).setdefault("options", {})[name] = True
+
+    return callback
 
 
 def batch_size_option(command: F) -> F:

@@ -13,15 +13,21 @@ import click
 
 from medmeter.cli.context import session_of
 from medmeter.cli.options import LAST_PERIOD, PERIOD, confirmations_option
-from medmeter.errors import InputError, MedmeterError, WalletError
+from medmeter.errors import MedmeterError
 
 
 @contextmanager
 def _block_progress(label: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """(on_total, update) for a tqdm bar over blocks; silent when stderr is not a terminal."""
+    """(on_total, update) for a tqdm bar over blocks; one plain line when stderr is not a terminal."""
+    from medmeter.cli.context import stderr_is_terminal
+
+    if not stderr_is_terminal():
+        click.echo(f"{label}: reading the ledger's events...", err=True)
+        yield (lambda total: None), (lambda n: None)
+        return
     from tqdm import tqdm
 
-    with tqdm(total=0, desc=label, unit="block", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+    with tqdm(total=0, desc=label, unit="block", file=sys.stderr, dynamic_ncols=True) as bar:
 
         def on_total(total: int) -> None:
             bar.reset(total=total)
@@ -85,27 +91,36 @@ def _period_choice(ledger: Any, period: int | None, all_periods: bool) -> list[i
     return [period]
 
 
+REPORTS_OWNER_FILE = ".ledger.json"
+
+
+def _claim_reports_dir(reports_dir: Path, ledger: Any) -> None:
+    """Refuse to overwrite another ledger's reports (e.g. the demo's after `deploy --new`); mark the folder ours.
+
+    The owner is the marker `report` leaves, else the ledger named by a statement already there."""
+    from medmeter.fileio import write_json_atomic
+
+    owner: str | None = None
+    candidates = [reports_dir / REPORTS_OWNER_FILE, *sorted((reports_dir / "statements").glob("*.json"))[:1]]
+    for candidate in candidates:
+        try:
+            owner = str(json.loads(candidate.read_text())["ledger"])
+            break
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue
+    if owner is not None and owner.lower() != ledger.address.lower():
+        raise MedmeterError(
+            f"{reports_dir} holds the reports of ledger {owner}, not of {ledger.address} (the deployment in use): "
+            "pass --out-dir for this ledger's reports, or move the old ones away first; nothing was written."
+        )
+    write_json_atomic(reports_dir / REPORTS_OWNER_FILE, {"ledger": ledger.address, "chain_id": ledger.w3.eth.chain_id})
+
+
 def _resolve_institution(session: Any, ledger: Any, value: str) -> str:
     """An institution given as an address, a keystore name or an institution code."""
-    from eth_utils import is_address, to_checksum_address
+    from medmeter.cli.context import resolve_institution
 
-    from medmeter.chain.ledger import code_to_bytes32
-
-    if is_address(value):
-        return to_checksum_address(value)
-    try:
-        is_keystore = session.keystores.exists(value)
-    except WalletError:  # not a valid keystore name, e.g. an upper-case institution code
-        is_keystore = False
-    if is_keystore:
-        return session.keystores.address(value)
-    address = ledger.call(ledger.contract.functions.institutionByCode(code_to_bytes32(value)))
-    if int(address, 16) == 0:
-        raise InputError(
-            f"{value!r} is not an address, a keystore here or a registered institution code: see "
-            "`medmeter institution list`."
-        )
-    return to_checksum_address(address)
+    return resolve_institution(session, ledger, value)
 
 
 _EXPORT_DIR_OPTION = click.option(
@@ -212,6 +227,7 @@ def report_cmd(
     periods = _period_choice(ledger, period, all_periods)
     export = _run_export(ctx, out=export_dir, confirmations=confirmations)
     reports_dir = out_dir or session.workspace.reports_dir
+    _claim_reports_dir(reports_dir, ledger)
     for number in periods:
         settlement = settle_from_export(ledger, export, number)
         files, charts = write_report_files(settlement, reports_dir, charts=not no_charts)
@@ -220,7 +236,7 @@ def report_cmd(
             f"period {number} (blocks {info.from_block}..{info.to_block}): {len(settlement.interactions):,} "
             f"interactions, {len(settlement.rows)} institutions, reconciled with the contract"
         )
-        for path in (files.settlement_csv, files.matrix_csv, files.categories_csv, *charts):
+        for path in (*files.all(), *charts):
             click.echo(f"  {path}")
 
 
@@ -258,9 +274,7 @@ def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None
 @click.option(
     "--institution", "who", required=True, help="Address, keystore name or institution code of the institution."
 )
-@click.option(
-    "--period", type=PERIOD, required=True, help="The closed, anchored period: its number, or `last`."
-)
+@click.option("--period", type=PERIOD, required=True, help="The closed, anchored period: its number, or `last`.")
 @click.option(
     "-o",
     "--output",
@@ -316,7 +330,12 @@ def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | 
     from medmeter.statement.statements import StatementError, failure_sentence, load_statement, verify_statement
 
     session = session_of(ctx)
-    statement = load_statement(file)
+    try:
+        statement = load_statement(file)
+    except (RecursionError, ValueError) as exc:  # nested 200,000 deep; an integer of more than 4,300 digits
+        raise StatementError(
+            f"cannot read {file} as a statement ({type(exc).__name__}): pass the file `medmeter statement` wrote."
+        ) from None
     pinned_by = "--ledger" if expected_ledger else None
     if expected_ledger is None:
         expected_ledger, pinned_by = _workspace_ledger(session)

@@ -11,7 +11,14 @@ from pathlib import Path
 import click
 
 from medmeter.cli import demo, devnet, institution, period, reports, roles, setup, tariff, traffic, wallet
-from medmeter.cli.options import DEPLOYMENT_HELP, OPERATOR_HELP, RPC_URL_HELP, global_options
+from medmeter.cli.examples import add_examples
+from medmeter.cli.options import (
+    ALLOW_EMPTY_PASSWORD_HELP,
+    DEPLOYMENT_HELP,
+    OPERATOR_HELP,
+    RPC_URL_HELP,
+    global_options,
+)
 from medmeter.errors import MedmeterError
 
 
@@ -19,18 +26,48 @@ from medmeter.errors import MedmeterError
 @click.option("--rpc-url", envvar="MEDMETER_RPC_URL", help=RPC_URL_HELP)
 @click.option("--operator", help=OPERATOR_HELP)
 @click.option("--deployment", type=click.Path(dir_okay=False, path_type=Path), help=DEPLOYMENT_HELP)
+@click.option("--allow-empty-password", is_flag=True, default=None, help=ALLOW_EMPTY_PASSWORD_HELP)
 @click.version_option(package_name="medmeter")
 @click.pass_context
-def cli(ctx: click.Context, rpc_url: str | None, operator: str | None, deployment: Path | None) -> None:
+def cli(
+    ctx: click.Context,
+    rpc_url: str | None,
+    operator: str | None,
+    deployment: Path | None,
+    allow_empty_password: bool | None,
+) -> None:
     """Meter and settle health-information exchange on an Ethereum ledger.
 
     Institutions sign each interaction (sync, fetch, exchange) with their own key; the
     platform relays them in batches; the contract prices them from its tariff. Only hashes,
-    categories and record counts reach the chain.
+    categories and record counts reach the chain. The global options may also be given
+    after the command (`medmeter balances --rpc-url URL`).
 
-    Keystore passwords come from MEDMETER_KEYSTORE_PASSWORD or a prompt.
+    \b
+    Environment:
+      MEDMETER_RPC_URL            JSON-RPC endpoint (as --rpc-url); default: the managed devnet
+      MEDMETER_HOME               project folder (default: the nearest folder up from here
+                                  holding contracts/MeteringLedger.sol)
+      MEDMETER_RPC_TIMEOUT        seconds one JSON-RPC request may take (default 30; 5 retries)
+      MEDMETER_KEYSTORE_PASSWORD  keystore password (default: a prompt; `make demo` sets a
+                                  demo-only one)
+      MEDMETER_ALLOW_EMPTY_PASSWORD=1  accept an empty keystore password
+      MEDMETER_SCRYPT_N           scrypt work factor of new keystores, a power of two
+                                  (default 262144)
+      MEDMETER_EVM_VERSION        EVM version to compile the ledger for
+
+    \b
+    Example (after `make demo`; the README's walk-through has the whole path):
+      medmeter devnet status
+      medmeter balances
+      medmeter sign samples/bundle.json --wallet clinic-riverside --kind sync -o outbox.jsonl
     """
-    given = {"rpc_url": rpc_url, "operator": operator, "deployment": deployment}
+    given = {
+        "rpc_url": rpc_url,
+        "operator": operator,
+        "deployment": deployment,
+        "allow_empty_password": allow_empty_password or None,
+    }
     options = ctx.ensure_object(dict).setdefault("options", {})
     for name, value in given.items():
         if value is not None:
@@ -72,6 +109,7 @@ def _with_global_options(command: click.Command) -> None:
 
 for _command in COMMANDS:
     _with_global_options(_command)
+    add_examples(_command, (_command.name or "",))
     cli.add_command(_command)
 
 
@@ -89,13 +127,40 @@ def main() -> None:
     except MedmeterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted: files being written are left as they were.", err=True)
+        sys.exit(130)
     except Exception as exc:
-        from medmeter.chain.rpc import rpc_failure
-
-        error = rpc_failure(exc)
-        if error is None:
-            raise
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {_last_resort(exc)}", err=True)
         sys.exit(1)
     if isinstance(exit_code, int):
         sys.exit(exit_code)
+
+
+def _last_resort(exc: Exception) -> str:
+    """One sentence for what no command turned into a MedmeterError: a user never sees a traceback.
+
+    Set MEDMETER_DEBUG=1 to re-raise instead (for a bug report)."""
+    import os
+
+    if os.environ.get("MEDMETER_DEBUG"):
+        raise exc
+    from medmeter.chain.rpc import rpc_failure
+
+    if (error := rpc_failure(exc)) is not None:
+        return str(error)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or type(exc).__name__
+        return (
+            f"{where}{what}: check that the path is right, that its folder exists or can be created, and that you "
+            "may write there."
+        )
+    if isinstance(exc, RecursionError):
+        return "an input is nested too deeply to be read: check the files you passed."
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return f"an input holds an integer too long to read ({str(exc).split(';')[0]}): check the files you passed."
+    return (
+        f"unexpected {type(exc).__name__}: {exc}; this is a medmeter bug: run again with MEDMETER_DEBUG=1 and "
+        "report the traceback."
+    )

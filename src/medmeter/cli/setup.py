@@ -16,7 +16,11 @@ def toolchain() -> None:
 
 @toolchain.command("install")
 @click.option(
-    "--dir", "target", type=click.Path(file_okay=False, path_type=Path), help="Default: $SOLCX_BINARY_PATH or ~/.solcx."
+    "--dir",
+    "target",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to put solc-v<version>. Default: $SOLCX_BINARY_PATH (set for this checkout's venv by "
+    "`make install`), else this checkout's .medmeter/solc-bin/.",
 )
 @click.pass_context
 def toolchain_install(ctx: click.Context, target: Path | None) -> None:
@@ -32,9 +36,11 @@ def toolchain_install(ctx: click.Context, target: Path | None) -> None:
 @click.pass_context
 def compile_cmd(ctx: click.Context, force: bool) -> None:
     """Compile contracts/MeteringLedger.sol with solcjs (cached by source hash)."""
+    from medmeter.cli.context import note
     from medmeter.toolchain.compiler import artifact_path, compile_ledger
 
     workspace = session_of(ctx).workspace
+    note("compiling contracts/MeteringLedger.sol with solcjs (via-IR; about 20 s unless cached)...")
     artifact = compile_ledger(workspace, use_cache=not force)
     click.echo(
         f"{artifact.contract_name}: {len(artifact.deployed_bytecode) // 2 - 1} bytes -> {artifact_path(workspace)}"
@@ -42,13 +48,43 @@ def compile_cmd(ctx: click.Context, force: bool) -> None:
 
 
 @click.command()
+@click.option(
+    "--new",
+    "new_ledger",
+    is_flag=True,
+    help="Deploy another ledger even if this workspace has a live one; the old deployment file is kept "
+    "as deployments/<chain-id>-<address>.json.",
+)
 @click.pass_context
-def deploy(ctx: click.Context) -> None:
-    """Compile and deploy the ledger; writes deployments/<chain-id>.json. The operator gets every role."""
+def deploy(ctx: click.Context, new_ledger: bool) -> None:
+    """Compile and deploy the ledger; writes deployments/<chain-id>.json. The operator gets every role.
+
+    If this workspace already has a live ledger on the node's chain (after `make demo`, say),
+    `deploy` keeps it and says so: use --new for a second ledger."""
+    from medmeter.app.keep_deployment import current_deployment, keep_aside, remember
     from medmeter.chain.deployment import deploy as deploy_ledger
+    from medmeter.chain.deployment import load_deployment
     from medmeter.chain.rpc import Transactor
+    from medmeter.cli.context import note
+    from medmeter.errors import DeploymentError
 
     session = session_of(ctx)
+    chain_id = session.w3.eth.chain_id
+    if not new_ledger and session.deployment_file is None and current_deployment(session.workspace, chain_id):
+        try:
+            live = load_deployment(session.workspace, session.w3)
+        except DeploymentError:
+            live = None  # the chain was reset: the file names nothing, deploy a fresh ledger
+        if live is not None:
+            click.echo(
+                f"MeteringLedger already deployed at {live.address} (chain {chain_id}, block {live.block}); kept it. "
+                "Pass --new to deploy another one."
+            )
+            return
     operator = session.operator()
+    previous = remember(session.workspace, chain_id)
+    note("compiling (cached after the first time) and deploying the ledger; this can take about 20 s...")
     deployment = deploy_ledger(session.workspace, session.w3, Transactor(session.w3, operator))
     click.echo(f"MeteringLedger at {deployment.address} (chain {deployment.chain_id}, block {deployment.block})")
+    if (kept := keep_aside(previous)) is not None:
+        click.echo(f"the previous deployment file is kept as {kept} (use it with --deployment)")

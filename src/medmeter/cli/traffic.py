@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from medmeter.cli.context import progress_bar, session_of
+from medmeter.cli.context import progress_bar, resolve_institution, session_of
 from medmeter.cli.options import EXIT_REJECTED, batch_size_option
 from medmeter.errors import MedmeterError
 
@@ -16,8 +16,17 @@ from medmeter.errors import MedmeterError
 @click.command()
 @click.argument("payload", type=click.Path(path_type=Path))
 @click.option("--wallet", required=True, help="The signing institution's keystore name.")
-@click.option("--kind", type=click.Choice(["sync", "fetch", "exchange"]), required=True)
-@click.option("--counterparty", help="Exchange only: the providing institution (keystore name or address).")
+@click.option(
+    "--kind",
+    type=click.Choice(["sync", "fetch", "exchange"]),
+    required=True,
+    help="sync: this institution delivers PAYLOAD to the platform (credited); fetch: it obtains PAYLOAD from the "
+    "platform (debited); exchange: it uses PAYLOAD delivered by --counterparty (debited, the provider credited).",
+)
+@click.option(
+    "--counterparty",
+    help="Exchange only: the providing institution (its institution code, keystore name or address).",
+)
 @click.option("--category", help="Category name or id (inferred from a FHIR bundle if omitted).")
 @click.option("--any-file", is_flag=True, help="PAYLOAD is not a FHIR bundle: give --category and --records.")
 @click.option("--records", type=int, help="Record count, with --any-file.")
@@ -51,8 +60,21 @@ def sign(
     output: Path,
 ) -> None:
     """Sign one interaction about PAYLOAD (institution side). Only its hash, category and record
-    count are signed; the payload never leaves this machine."""
+    count are signed; the payload never leaves this machine.
+
+    The nonce comes from the nonce book (.medmeter/nonces.json), under a file lock so that
+    concurrent `sign` processes never share one; a failed `sign` leaves the book and OUTPUT as
+    they were.
+
+    \b
+    Examples:
+      medmeter sign samples/bundle.json --wallet clinic-a --kind sync -o outbox.jsonl
+      medmeter sign samples/bundle.json --wallet clinic-b --kind exchange --counterparty PCI-0101 -o outbox.jsonl
+      medmeter sign samples/scan.dcm --any-file --category imaging --records 1 --wallet clinic-a \\
+          --kind sync -o outbox.jsonl
+    """
     from medmeter.errors import InputError
+    from medmeter.fileio import append_line
     from medmeter.intake.payload import summarize_path
     from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, Kind, iter_json_lines, sign_interaction
 
@@ -66,20 +88,22 @@ def sign(
     institution_address = ledger.call(ledger.contract.functions.institutionBySigner(account.address))
     if int(institution_address, 16) == 0:
         raise InputError(f"wallet {wallet} ({account.address}) is not the signer of any registered institution.")
-    interaction = Interaction(
-        kind=kind_value,
-        institution=institution_address,
-        counterparty=session.resolve_address(counterparty) if counterparty else ZERO_ADDRESS,
-        category=summary.category,
-        records=summary.records,
-        data_hash=summary.data_hash,
-        nonce=nonce if nonce is not None else session.nonce_book.reserve(institution_address),
-        deadline=int(time.time()) + valid_for,
-    )
-    signed = sign_interaction(interaction, ledger.domain, account)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("a") as handle:
-        handle.writelines(iter_json_lines([signed]))
+    counterparty_address = _counterparty(session, ledger, counterparty) if counterparty else ZERO_ADDRESS
+    # The nonce is reserved and the line appended under the nonce book's lock; the book is written
+    # only after the line is, so a failure anywhere leaves both as they were.
+    with session.nonce_book.transaction() as book:
+        interaction = Interaction(
+            kind=kind_value,
+            institution=institution_address,
+            counterparty=counterparty_address,
+            category=summary.category,
+            records=summary.records,
+            data_hash=summary.data_hash,
+            nonce=nonce if nonce is not None else book.reserve(institution_address),
+            deadline=int(time.time()) + valid_for,
+        )
+        signed = sign_interaction(interaction, ledger.domain, account)
+        append_line(output, "".join(iter_json_lines([signed])))
     click.echo(
         f"signed {kind} of {summary.records} record(s), category {summary.category}, "
         f"nonce {interaction.nonce} -> {output}"
@@ -90,15 +114,24 @@ def sign(
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @batch_size_option
 @click.option(
-    "--rejected", type=click.Path(dir_okay=False, path_type=Path), help="Write refused items here (JSON lines)."
+    "--rejected",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every refused item here, whole (JSON lines), to fix or re-sign and relay again.",
 )
 @click.pass_context
 def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected: Path | None) -> None:
     """Record signed interactions from FILES in batches (platform side).
 
     Items already on chain are skipped (a rerun after a crash records nothing twice); an item
-    the ledger refuses is reported with its reason and the rest are recorded. Exits 3 if any
-    item was refused."""
+    the ledger refuses is reported with its reason and the rest are recorded. Up to 10 refusals
+    are listed one per line; more are summarised by reason (a count per error name), the whole
+    list going to --rejected. Exits 3 if any item was refused.
+
+    \b
+    Examples:
+      medmeter relay outbox.jsonl --batch-size 100 --rejected refused.jsonl
+      medmeter relay traffic.jsonl day2.jsonl
+    """
     from medmeter.fileio import write_atomic
     from medmeter.relay.engine import relay as relay_items
     from medmeter.signing.interaction import iter_json_lines, read_signed
@@ -109,10 +142,7 @@ def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected
     with progress_bar(len(items), "relay") as progress:
         report = relay_items(ledger, items, batch_size=batch_size, progress=progress)
     elapsed = time.perf_counter() - started
-    for rejection in report.rejected:
-        click.echo(
-            f"item {rejection.index} (nonce {rejection.item.interaction.nonce}) refused: {rejection.reason}", err=True
-        )
+    _report_refusals(report.rejected, rejected)
     if rejected and report.rejected:
         write_atomic(rejected, "".join(iter_json_lines(r.item for r in report.rejected)))
     click.echo(
@@ -133,23 +163,67 @@ def relay(ctx: click.Context, files: tuple[Path, ...], batch_size: int, rejected
 
 
 @click.command()
-@click.option("--count", type=click.IntRange(1), default=1000, show_default=True)
+@click.option(
+    "--count", type=click.IntRange(1), default=1000, show_default=True, help="Number of interactions to sign."
+)
 @click.option("--seed", type=int, default=7, show_default=True, help="Same seed, same traffic.")
 @click.option("--wallet", "wallets", multiple=True, help="Institution keystores taking part (default: all registered).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSON-lines file to write (replaced whole, never half-written); relay it with `medmeter relay`.",
+)
 @click.pass_context
 def simulate(ctx: click.Context, count: int, seed: int, wallets: tuple[str, ...], output: Path) -> None:
-    """Write COUNT signed synthetic interactions, each from a generated FHIR bundle, to OUTPUT."""
+    """Write COUNT signed synthetic interactions, each from a generated FHIR bundle, to OUTPUT.
+
+    Each institution signs with its own keystore; nonces come from the nonce book, which is
+    written only once OUTPUT is, so a failed run leaves both as they were.
+
+    \b
+    Example:
+      medmeter simulate --count 1000 --seed 7 -o traffic.jsonl && medmeter relay traffic.jsonl
+    """
     from medmeter.app.operations import simulate_traffic
     from medmeter.fileio import write_atomic
     from medmeter.signing.interaction import iter_json_lines
 
     session = session_of(ctx)
     names = list(wallets) or _registered_wallets(session)
-    with progress_bar(count, "sign") as progress:
+    # One transaction over signing and writing: the reserved nonces reach the book only with the file.
+    with session.nonce_book.transaction(), progress_bar(count, "sign") as progress:
         items = simulate_traffic(session, names, count, seed, progress)
-    write_atomic(output, "".join(iter_json_lines(items)))
+        write_atomic(output, "".join(iter_json_lines(items)))
     click.echo(f"wrote {len(items)} signed interactions from {len(names)} institutions to {output}")
+
+
+# Beyond this many refusals the terminal gets a count per reason; the items go to --rejected.
+LISTED_REFUSALS = 10
+
+
+def _report_refusals(refusals: list[Any], rejected: Path | None) -> None:
+    """One line per refusal for a few; for many, the first few and a count per error name."""
+    from collections import Counter
+
+    for rejection in refusals[:LISTED_REFUSALS]:
+        click.echo(
+            f"item {rejection.index} (nonce {rejection.item.interaction.nonce}) refused: {rejection.reason}", err=True
+        )
+    if len(refusals) <= LISTED_REFUSALS:
+        return
+    by_reason = Counter(r.error_name for r in refusals)
+    click.echo(
+        f"... and {len(refusals) - LISTED_REFUSALS} more; refused by reason: "
+        + ", ".join(f"{name} {count}" for name, count in by_reason.most_common())
+        + (f" (every item in {rejected})" if rejected else " (pass --rejected FILE to keep every item)"),
+        err=True,
+    )
+
+
+def _counterparty(session: Any, ledger: Any, value: str) -> str:
+    return resolve_institution(session, ledger, value)
 
 
 def _registered_wallets(session: Any) -> list[str]:

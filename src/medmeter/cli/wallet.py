@@ -16,8 +16,19 @@ def wallet() -> None:
 @click.argument("name")
 @click.pass_context
 def wallet_new(ctx: click.Context, name: str) -> None:
-    """Create keystore NAME with a fresh key (password from MEDMETER_KEYSTORE_PASSWORD or a prompt)."""
-    address = session_of(ctx).keystores.create(name)
+    """Create keystore NAME with a fresh key (password from MEDMETER_KEYSTORE_PASSWORD or a prompt).
+
+    NAME is lower-case letters, digits, '-', '_' or '.' (at most 64). If keystore NAME already
+    exists it is kept as it is (its address is printed; nothing is created or overwritten), so
+    the walk-through can run after `make demo`. An empty password is refused unless
+    --allow-empty-password is given."""
+    keystores = session_of(ctx).keystores
+    if keystores.exists(name):
+        # Unlock to prove the keystore is sound and the password matches before saying it is usable.
+        address = keystores.unlock(name).address
+        click.echo(f"{name}: {address} (keystore {keystores.path(name)} already exists; kept it, nothing created)")
+        return
+    address = keystores.create(name)
     click.echo(f"{name}: {address}")
 
 

@@ -110,6 +110,11 @@ class ErrorDecoder:
 def _readable(name: str, typ: str, value: Any) -> Any:
     if typ == "address":
         return to_checksum_address(value)
+    if name == "code" and typ == "bytes32" and isinstance(value, bytes):
+        # Institution codes are text padded with zeros: show "PCI-0001", not 32 bytes of hex.
+        text = value.rstrip(b"\0")
+        if text and text.isascii() and text.decode().isprintable():
+            return repr(text.decode())
     if typ.startswith("bytes") and isinstance(value, bytes):
         return "0x" + value.hex()
     if name == "status":

@@ -44,6 +44,14 @@ def summarize_fhir_bundle(payload: bytes, source: str, category: str | int | Non
         document = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{source} is not JSON ({exc}): give a FHIR R4 Bundle, or use --any-file.") from None
+    except RecursionError:
+        raise InputError(
+            f"{source} is JSON nested too deeply to be a FHIR Bundle: give a Bundle, or use --any-file."
+        ) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InputError(
+            f"{source} is not a FHIR Bundle ({str(exc).split(';')[0]}): give a Bundle, or use --any-file."
+        ) from None
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         found = document.get("resourceType") if isinstance(document, dict) else type(document).__name__
         raise InputError(f"{source} is a {found}, not a FHIR Bundle: give a Bundle, or use --any-file.")

@@ -244,18 +244,27 @@ def read_signed(path: Path) -> list[SignedInteraction]:
     if not path.is_file():
         raise InputError(f"{path} does not exist: give the file written by `medmeter sign` or `medmeter simulate`.")
     items: list[SignedInteraction] = []
-    with path.open() as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
+    with path.open("rb") as handle:  # bytes: a line that is not UTF-8 is named, not a traceback
+        for line_number, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"{path}:{line_number}: not valid JSON ({exc.msg}); fix or remove that line."
-                ) from None
-            items.append(parse_signed(record, f"{path}:{line_number}"))
+            items.append(parse_signed(_json_line(raw, f"{path}:{line_number}"), f"{path}:{line_number}"))
     return items
+
+
+def _json_line(raw: bytes, where: str) -> Any:
+    """One JSON-lines record; every way a line can fail to be JSON is one sentence naming it."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON ({exc.msg})"
+    except RecursionError:
+        reason = "JSON nested too deeply to be an interaction"
+    except ValueError as exc:  # Python refuses integers of more than 4,300 digits
+        reason = f"not an interaction ({str(exc).split(';')[0]})"
+    raise InputError(f"{where}: {reason}; fix or remove that line.")
 
 
 def iter_json_lines(items: Iterable[SignedInteraction]) -> Iterator[str]:

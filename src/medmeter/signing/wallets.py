@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -16,22 +17,48 @@ from medmeter.errors import WalletError
 from medmeter.fileio import write_atomic
 
 PASSWORD_ENV = "MEDMETER_KEYSTORE_PASSWORD"
+# An empty password encrypts a key with nothing; it must be asked for, not fallen into by an unset variable.
+ALLOW_EMPTY_PASSWORD_ENV = "MEDMETER_ALLOW_EMPTY_PASSWORD"
 # scrypt work factor; eth-account's default (2**18) takes about a second per unlock.
 DEFAULT_SCRYPT_N = 2**18
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Matched with fullmatch: `$` would let a trailing newline through ("clinic-a\n").
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
-def password_from_env_or_prompt(prompt: Callable[[str], str] | None) -> Callable[[str], str]:
-    """A password source: $MEDMETER_KEYSTORE_PASSWORD, else `prompt`, else an error."""
+def empty_password_allowed() -> bool:
+    return os.environ.get(ALLOW_EMPTY_PASSWORD_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def password_from_env_or_prompt(prompt: Callable[[str], str] | None, allow_empty: bool = False) -> Callable[[str], str]:
+    """A password source: $MEDMETER_KEYSTORE_PASSWORD, else `prompt`, else an error.
+
+    An empty password is refused unless `allow_empty` (the `--allow-empty-password` flag) or
+    $MEDMETER_ALLOW_EMPTY_PASSWORD says so."""
 
     def get(wallet_name: str) -> str:
         if (value := os.environ.get(PASSWORD_ENV)) is not None:
-            return value
-        if prompt is not None:
-            return prompt(f"Password for keystore {wallet_name!r}")
-        raise WalletError(f"no password for keystore {wallet_name!r}: set {PASSWORD_ENV} or run interactively.")
+            source = PASSWORD_ENV
+        elif prompt is not None:
+            value, source = prompt(f"Password for keystore {wallet_name!r}"), "the prompt"
+        else:
+            raise WalletError(f"no password for keystore {wallet_name!r}: set {PASSWORD_ENV} or run interactively.")
+        if value == "" and not (allow_empty or empty_password_allowed()):
+            raise WalletError(
+                f"the password for keystore {wallet_name!r} from {source} is empty: give a real one, or pass "
+                f"--allow-empty-password (or set {ALLOW_EMPTY_PASSWORD_ENV}=1) if you really want none."
+            )
+        return value
 
     return get
+
+
+def wallet_listing(name: str, names: list[str]) -> str:
+    """'keystores here: a, b; did you mean a?' for an error about a name that does not exist."""
+    if not names:
+        return "there are no keystores here yet"
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"keystores here: {shown}" + (f"; did you mean {' or '.join(close)}?" if close else "")
 
 
 @dataclass
@@ -42,7 +69,7 @@ class KeystoreDirectory:
     _unlocked: dict[str, LocalAccount] = field(default_factory=dict, init=False)
 
     def path(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise WalletError(f"wallet name {name!r} is not allowed: use lower-case letters, digits, '-', '_' or '.'.")
         return self.folder / f"{name}.json"
 
@@ -94,7 +121,10 @@ class KeystoreDirectory:
     def _read(self, name: str) -> dict[str, object]:
         path = self.path(name)
         if not path.is_file():
-            raise WalletError(f"no keystore {path}: create it with `medmeter wallet new {name}`.")
+            raise WalletError(
+                f"no keystore named {name!r} ({wallet_listing(name, self.names())}): check the name with "
+                f"`medmeter wallet list`, or create it with `medmeter wallet new {name}` if it is a new participant."
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

@@ -1,0 +1,79 @@
+"""An example for every command's `--help`, kept in one table so that they stay consistent with
+the README's walk-through (and so that command modules owned by others need no edit to get one).
+
+`add_examples` appends an "Example" paragraph (click's `\\b` keeps its lines as written) to any
+command whose own help does not already carry one.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import click
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "toolchain": ("medmeter toolchain install",),
+    "toolchain install": ("medmeter toolchain install", "medmeter toolchain install --dir /tmp/solc-bin"),
+    "compile": ("medmeter compile", "medmeter compile --force"),
+    "devnet": ("medmeter devnet up", "medmeter devnet status", "medmeter devnet down"),
+    "devnet up": ("medmeter devnet up", "medmeter devnet up --port 8700"),
+    "devnet down": ("medmeter devnet down",),
+    "devnet status": ("medmeter devnet status",),
+    "wallet": ("medmeter wallet new operator", "medmeter wallet list"),
+    "wallet new": ("medmeter wallet new clinic-a", "MEDMETER_KEYSTORE_PASSWORD=... medmeter wallet new operator"),
+    "wallet list": ("medmeter wallet list",),
+    "deploy": ("medmeter deploy", "medmeter deploy --new    # another ledger; the old file is kept aside"),
+    "institution": ("medmeter institution list",),
+    "institution register": (
+        'medmeter institution register clinic-a --code PCI-0101 --name "Harbour Street Clinic" --credit-line 2000',
+    ),
+    "institution list": ("medmeter institution list",),
+    "institution suspend": ("medmeter institution suspend PCI-0101",),
+    "institution reinstate": ("medmeter institution reinstate PCI-0101",),
+    "institution rotate": ("medmeter institution rotate clinic-a --new-wallet clinic-a-2026",),
+    "institution credit-line": ("medmeter institution credit-line clinic-a 5000",),
+    "tariff": ("medmeter tariff show",),
+    "tariff show": ("medmeter tariff show",),
+    "tariff set": ("medmeter tariff set laboratory --sync 1 --fetch 2",),
+    "tariff fee": ("medmeter tariff fee 500    # 5 % of each exchange",),
+    "tariff default": ("medmeter tariff default",),
+    "roles list": ("medmeter roles list",),
+    "roles grant": ("medmeter roles grant relayer 0x70997970C51812dc3A010C7d01b50e0d17dc79C8",),
+    "roles revoke": ("medmeter roles revoke relayer 0x70997970C51812dc3A010C7d01b50e0d17dc79C8",),
+    "unpause": ("medmeter unpause",),
+    "period": ("medmeter period close", "medmeter period list"),
+    "period close": ("medmeter period close",),
+    "period show": ("medmeter period show 1",),
+    "period list": ("medmeter period list",),
+    "balances": ("medmeter balances", "medmeter balances --json --rpc-url http://127.0.0.1:8600"),
+    "export": ("medmeter export", "medmeter export --out /tmp/ledger-export --confirmations 2"),
+    "report": ("medmeter report --period 1", "medmeter report --period last", "medmeter report --all --no-charts"),
+    "anchor": ("medmeter anchor --period last",),
+    "statement": (
+        "medmeter statement --institution PCI-0101 --period last -o statement-a.json",
+        "medmeter statement --institution clinic-a --period 1",
+    ),
+    "verify-statement": (
+        "medmeter verify-statement statement-a.json",
+        "medmeter verify-statement statement-a.json --ledger 0x5FbDB2315678afecb367f032d93F642f64180aa3",
+    ),
+    "demo": ("medmeter demo", "medmeter demo --count 200 --seed 11"),
+}
+
+
+def _path_name(path: tuple[str, ...]) -> str:
+    return " ".join(path)
+
+
+def add_examples(command: click.Command, path: tuple[str, ...]) -> None:
+    """Give `command` (and its subcommands) the example paragraph from EXAMPLES, unless it has one."""
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            add_examples(sub, (*path, name))
+    lines = EXAMPLES.get(_path_name(path))
+    # Dedent first: click dedents the whole text at display time, and the added lines have their own indent.
+    help_text = inspect.cleandoc(command.help or "")
+    if lines is None or "Example" in help_text:
+        return
+    heading = "Example:" if len(lines) == 1 else "Examples:"
+    command.help = help_text.rstrip() + "\n\n\b\n" + heading + "\n" + "\n".join(f"  {line}" for line in lines)
