@@ -13,7 +13,7 @@ export MEDMETER_KEYSTORE_PASSWORD ?= medmeter-demo-only
 
 .PHONY: install demo test lint bench bench-quick clean
 
-install: $(VENV)/.installed node_modules/.installed .medmeter/.solcx-shim
+install: $(VENV)/.installed node_modules/.installed .medmeter/.solc-bin-installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,11 @@ node_modules/.installed: package-lock.json
 	ln -sf $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil $(BIN)/anvil
 	touch $@
 
-# The shim names this checkout's driver, so each checkout installs it (the last one wins).
-.medmeter/.solcx-shim: $(VENV)/.installed node_modules/.installed
-	$(BIN)/medmeter toolchain install
+# The shim names this checkout's driver, so it lives in this checkout (.medmeter/solc-bin), and this
+# checkout's venv points py-solc-x (brownie) there: installing or deleting another checkout changes nothing here.
+.medmeter/.solc-bin-installed: $(VENV)/.installed node_modules/.installed
+	echo "import os; os.environ.setdefault('SOLCX_BINARY_PATH', '$(CURDIR)/.medmeter/solc-bin')" > $(SITE)/medmeter-solcx.pth
+	SOLCX_BINARY_PATH=$(CURDIR)/.medmeter/solc-bin $(BIN)/medmeter toolchain install
 	mkdir -p .medmeter && touch $@
 
 demo: install

@@ -1,9 +1,13 @@
-"""`brownie run scripts/deploy.py`: deploy the ledger with brownie's first account and record
-it in deployments/<chain-id>.json so that `medmeter` commands find it."""
+"""`brownie run scripts/deploy.py`: deploy the ledger with brownie's first account on brownie's
+network and record it in deployments/brownie/<chain-id>.json.
+
+It never writes deployments/<chain-id>.json, the file every `medmeter` command reads: brownie's
+network is its own anvil, gone when the script ends, and the workspace's ledger must survive it."""
+
+from scripts._workspace import brownie_workspace
 
 from brownie import MeteringLedger, accounts, chain  # type: ignore[attr-defined]
 from medmeter.chain.deployment import Deployment, record_deployment
-from medmeter.workspace import Workspace
 
 
 def main() -> str:
@@ -11,7 +15,7 @@ def main() -> str:
     ledger = MeteringLedger.deploy(admin, {"from": admin})
     receipt = ledger.tx
     path = record_deployment(
-        Workspace.locate(),
+        brownie_workspace(),
         Deployment(
             chain_id=chain.id,
             address=ledger.address,
@@ -22,5 +26,5 @@ def main() -> str:
             source_hash="brownie",
         ),
     )
-    print(f"MeteringLedger at {ledger.address}; deployment written to {path}")
+    print(f"MeteringLedger at {ledger.address} on brownie's network; deployment written to {path}")
     return ledger.address

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from medmeter.errors import ToolchainError
+from medmeter.fileio import write_atomic
 from medmeter.workspace import Workspace
 
 SOLC_DRIVER = Path("tools") / "solc-standard-json.cjs"
@@ -57,24 +58,35 @@ def anvil_executable(workspace: Workspace) -> Path:
     raise ToolchainError(f"anvil is not installed under {workspace.node_modules}: run `npm ci` (or `make install`).")
 
 
-def solcx_binary_dir() -> Path:
-    """The folder py-solc-x (and so brownie) searches for `solc-v<version>` executables."""
+SHIM_DIR_NAME = "solc-bin"
+
+
+def solcx_binary_dir(workspace: Workspace | None = None) -> Path:
+    """The folder py-solc-x (and so brownie) searches for `solc-v<version>` executables.
+
+    $SOLCX_BINARY_PATH if set (`make install` sets it for the checkout's venv), else the checkout's
+    own `.medmeter/solc-bin/`: one checkout's install never replaces another's, as a shared
+    `~/.solcx` would."""
     if env := os.environ.get(SOLCX_BINARY_PATH_ENV):
         return Path(env)
+    if workspace is not None:
+        return workspace.state_dir / SHIM_DIR_NAME
     return Path.home() / ".solcx"
 
 
 def install_solcx_shim(workspace: Workspace, target_dir: Path | None = None) -> Path:
     """Install `solc-v<version>` for py-solc-x: a shell script that answers `--version`
     without loading the compiler (brownie asks several times per compile) and hands
-    everything else to the Node front end."""
+    everything else to the Node front end. If the checkout it points into is gone, compiling
+    says so in one sentence instead of a Node stack trace."""
     full_version = solc_version(workspace)
     base_version = full_version.split("+", 1)[0]
-    folder = target_dir or solcx_binary_dir()
+    folder = target_dir or solcx_binary_dir(workspace)
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / f"solc-v{base_version}"
     driver = solc_driver(workspace).resolve()
-    shim.write_text(
+    solcjs = (workspace.node_modules / "solc" / "package.json").resolve()
+    script = (
         "#!/bin/sh\n"
         "# Installed by `medmeter toolchain install`: solcjs from the medmeter project's node_modules.\n"
         'if [ "$1" = "--version" ]; then\n'
@@ -82,7 +94,13 @@ def install_solcx_shim(workspace: Workspace, target_dir: Path | None = None) -> 
         f"  echo 'Version: {full_version}'\n"
         "  exit 0\n"
         "fi\n"
+        f'if [ ! -f "{driver}" ] || [ ! -f "{solcjs}" ]; then\n'
+        f"  echo \"error: {shim} runs solcjs from the medmeter checkout {workspace.root}, which is gone or not "
+        'installed: run `make install` (or `medmeter toolchain install`) in the checkout you use." >&2\n'
+        "  exit 1\n"
+        "fi\n"
         f'exec "{node_executable()}" "{driver}" "$@"\n'
     )
+    write_atomic(shim, script)  # atomic: a brownie compile in another shell never runs half a script
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return shim
