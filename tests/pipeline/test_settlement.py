@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -14,7 +16,7 @@ from medmeter.app.pipeline import write_period_reports
 from medmeter.app.session import Session
 from medmeter.cli import cli
 from medmeter.errors import ReconciliationError
-from medmeter.export.checkpoint import PARTS_DIR, read_checkpoint
+from medmeter.export.checkpoint import CHECKPOINT_FILE, PARTS_DIR, read_checkpoint
 from medmeter.export.events import INTERACTION_SCHEMA
 from medmeter.export.exporter import Exporter
 from medmeter.export.reading import read_export
@@ -257,6 +259,11 @@ def test_cli_report_fails_on_a_tampered_export(known_period, cli_workspace: CliW
     fetch = table.index[table["kind"] == "fetch"][0]
     table.loc[fetch, "units"] -= 3  # the events now claim 3 units less were debited than the chain did
     pq.write_table(pa.Table.from_pandas(table, schema=INTERACTION_SCHEMA, preserve_index=False), part)
+    # The edit is caught by the part's hash; an editor who also rewrites the checkpoint's hash must
+    # still be caught, by reconciliation with the chain.
+    checkpoint = json.loads((out_dir / CHECKPOINT_FILE).read_text())
+    checkpoint["parts"][0]["sha256"] = hashlib.sha256(part.read_bytes()).hexdigest()
+    (out_dir / CHECKPOINT_FILE).write_text(json.dumps(checkpoint))
 
     result = runner.invoke(cli, ["report", "--period", "1"])
     assert result.exit_code != 0

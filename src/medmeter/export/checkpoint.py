@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ import pyarrow.parquet as pq
 from medmeter.errors import ExportStateError
 from medmeter.workspace import Workspace
 
-CHECKPOINT_FORMAT = 1
+# 2: every part carries the sha256 of its file, checked whenever the part is read again.
+CHECKPOINT_FORMAT = 2
 CHECKPOINT_FILE = "checkpoint.json"
 PARTS_DIR = "interactions"
 CSV_FILE = "interactions.csv"
@@ -39,6 +41,7 @@ class Part:
     from_block: int
     to_block: int
     rows: int
+    sha256: str
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Checkpoint:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Checkpoint:
         if data.get("format") != CHECKPOINT_FORMAT:
-            raise KeyError("format")
+            raise ValueError(f"format {data.get('format')}, this medmeter reads format {CHECKPOINT_FORMAT}")
         return cls(
             chain_id=int(data["chain_id"]),
             ledger=str(data["ledger"]),
@@ -126,9 +129,31 @@ def locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path) -> str:
+    """Write `table` to `path` atomically; returns the file's sha256 for the checkpoint."""
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with tmp.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    return digest
+
+
+def verify_part(parts_dir: Path, part: Part) -> None:
+    """Refuse a part file whose bytes are not those the checkpoint recorded (edited, truncated, swapped)."""
+    path = parts_dir / part.file
+    try:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise ExportStateError(
+            f"{path} cannot be read ({exc.strerror}): the export folder is incomplete; rebuild it with "
+            "`medmeter export --restart`."
+        ) from None
+    if digest != part.sha256:
+        raise ExportStateError(
+            f"{path} changed since it was exported (sha256 {digest[:12]}..., the checkpoint recorded "
+            f"{part.sha256[:12]}...): its rows cannot be trusted. Rebuild the export from the chain with "
+            "`medmeter export --restart` (or delete the folder), then report again."
+        )

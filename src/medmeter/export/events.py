@@ -45,6 +45,8 @@ KIND_NAMES = pa.array(list(KIND_WORDS), pa.string())
 _WORDS = 7
 _W_KIND, _W_CATEGORY, _W_RECORDS, _W_UNITS, _W_FEE, _W_DATA_HASH, _W_NONCE = range(_WORDS)
 _INT64_MAX = 2**63 - 1
+# Log indexes are per block; packing (block, index) into one int64 needs room for any index.
+_LOG_INDEX_SPAN = 2**24
 
 # The dataset's columns, in order. Documented in README ("Exported interactions").
 INTERACTION_SCHEMA = pa.schema(
@@ -124,6 +126,43 @@ class _ChecksumCache(dict[str, str]):
 
 _CHECKSUMS = _ChecksumCache()
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def check_logs(logs: Sequence[dict[str, Any]], address: str, start: int, end: int) -> None:
+    """Refuse an `eth_getLogs` answer that cannot be the ledger's: a log from another address, one
+    marked removed, one outside the asked block range, or the same (block, log index) twice (the
+    pair a transaction hash and log index name). A node that answers so is not one to settle against.
+
+    Done column-wise over the distinct values, as the decoder works: a per-log Python loop would
+    cost more than the decoding itself."""
+    if not logs:
+        return
+    flags = {(log.get("address"), log.get("removed")) for log in logs}
+    blocks = _hex_ints([log.get("blockNumber") or "-0x1" for log in logs])
+    indexes = _hex_ints([log.get("logIndex") or "0x0" for log in logs])
+    problem, culprit = None, None
+    foreign = sorted({str(a) for a, _ in flags if str(a).lower() != address.lower()})
+    if foreign:
+        problem = f"comes from {foreign[0]}, not the ledger {address}"
+        culprit = next(log for log in logs if str(log.get("address")) == foreign[0])
+    elif any(removed is True for _, removed in flags):
+        problem = "is marked removed (a reorged log)"
+        culprit = next(log for log in logs if log.get("removed") is True)
+    elif int(blocks.min()) < start or int(blocks.max()) > end:
+        culprit = logs[int(np.flatnonzero((blocks < start) | (blocks > end))[0])]
+        problem = f"is in block {culprit.get('blockNumber')}, outside the requested blocks {start}..{end}"
+    else:
+        positions = blocks * _LOG_INDEX_SPAN + indexes
+        unique, first = np.unique(positions, return_index=True)
+        if len(unique) != len(logs):
+            duplicate = np.setdiff1d(np.arange(len(logs)), first)[0]
+            culprit, problem = logs[int(duplicate)], "was returned twice"
+    if problem and culprit is not None:
+        raise DecodeError(
+            f"the node's eth_getLogs answer for blocks {start}..{end} is not the ledger's: log "
+            f"{culprit.get('logIndex')} of tx {culprit.get('transactionHash')} {problem}. Do not settle against "
+            "this node: point --rpc-url at a node you trust, then run `medmeter export --restart`."
+        )
 
 
 def split_by_topic(logs: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -48,6 +48,7 @@ from medmeter.export.checkpoint import (
     Checkpoint,
     Part,
     locked,
+    verify_part,
     write_parquet_atomic,
 )
 from medmeter.export.events import (
@@ -56,6 +57,7 @@ from medmeter.export.events import (
     INTERACTION_RECORDED_TOPIC,
     INTERACTION_SCHEMA,
     PERIOD_CLOSED_TOPIC,
+    check_logs,
     decode_interaction_logs,
     decode_period_close,
     decode_registration,
@@ -373,6 +375,7 @@ class Exporter:
         and the two hashes again. `_absorb` checks that nothing moved in between."""
         before = block_hashes(self.w3, [previous, end])
         logs = fetch_logs(self.w3, self.ledger.address, EXPORT_TOPICS, start, end)
+        check_logs(logs, self.ledger.address, start, end)
         by_topic = split_by_topic(logs)
         headers = None
         interactions = by_topic[INTERACTION_RECORDED_TOPIC]
@@ -463,8 +466,8 @@ class Exporter:
             table = pa.concat_tables(pending.tables).combine_chunks()
             name = f"part-{state.next_part:06d}-{pending.first_block:012d}-{pending.last_block:012d}.parquet"
             self.parts_dir.mkdir(parents=True, exist_ok=True)
-            write_parquet_atomic(table, self.parts_dir / name)
-            state.parts.append(Part(name, pending.first_block, pending.last_block, table.num_rows))
+            digest = write_parquet_atomic(table, self.parts_dir / name)
+            state.parts.append(Part(name, pending.first_block, pending.last_block, table.num_rows, digest))
             state.next_part += 1
             self._fault("part-written", part_index)
         state.institutions = pending.institutions
@@ -522,12 +525,13 @@ class Exporter:
                 continue
             obsolete.append(part.file)
             if part.from_block <= block:
+                verify_part(self.parts_dir, part)
                 table = pq.read_table(self.parts_dir / part.file, schema=INTERACTION_SCHEMA)
                 table = table.filter(pc.less_equal(table["block_number"], block))
                 if table.num_rows:
                     name = f"part-{state.next_part:06d}-{part.from_block:012d}-{block:012d}.parquet"
-                    write_parquet_atomic(table, self.parts_dir / name)
-                    kept.append(Part(name, part.from_block, block, table.num_rows))
+                    digest = write_parquet_atomic(table, self.parts_dir / name)
+                    kept.append(Part(name, part.from_block, block, table.num_rows, digest))
                     state.next_part += 1
         state.parts = kept
         state.institutions = [i for i in state.institutions if i["registered_in_block"] <= block]
@@ -578,9 +582,9 @@ class Exporter:
     def _merge(self, state: Checkpoint, run: Sequence[Part]) -> Part:
         table = read_parts(self.parts_dir, run)
         name = f"part-{state.next_part:06d}-{run[0].from_block:012d}-{run[-1].to_block:012d}.parquet"
-        write_parquet_atomic(table, self.parts_dir / name)
+        digest = write_parquet_atomic(table, self.parts_dir / name)
         state.next_part += 1
-        return Part(name, run[0].from_block, run[-1].to_block, table.num_rows)
+        return Part(name, run[0].from_block, run[-1].to_block, table.num_rows, digest)
 
     def _write_views(self, state: Checkpoint) -> None:
         paths = [self.out_dir / INSTITUTIONS_CSV, self.out_dir / PERIODS_CSV]

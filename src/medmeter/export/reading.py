@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from medmeter.export.checkpoint import PARTS_DIR, Part, read_checkpoint
+from medmeter.export.checkpoint import PARTS_DIR, Part, read_checkpoint, verify_part
 from medmeter.export.events import INTERACTION_SCHEMA
 from medmeter.fileio import write_atomic
 
@@ -24,6 +24,8 @@ def read_parts(
     schema = INTERACTION_SCHEMA if columns is None else pa.schema([INTERACTION_SCHEMA.field(c) for c in columns])
     if not parts:
         return schema.empty_table()
+    for part in parts:
+        verify_part(parts_dir, part)
     tables = [
         pq.read_table(
             parts_dir / p.file,
@@ -81,6 +83,7 @@ def write_parts_csv(parts_dir: Path, parts: Sequence[Part], path: Path) -> None:
     try:
         with pa.OSFile(str(tmp), "wb") as sink, pa_csv.CSVWriter(sink, schema, write_options=_CSV_OPTIONS) as writer:
             for part in parts:
+                verify_part(parts_dir, part)
                 writer.write_table(_csv_ready(pq.read_table(parts_dir / part.file, schema=INTERACTION_SCHEMA)))
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
