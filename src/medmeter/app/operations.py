@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from medmeter.app.session import Session
 from medmeter.chain.ledger import Ledger
+from medmeter.errors import InputError
 from medmeter.intake.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, category_name
 from medmeter.signing.interaction import SignedInteraction
 from medmeter.signing.traffic import SimulatedInstitution, Tariff, simulate
@@ -74,7 +75,12 @@ def simulate_traffic(
     ledger = session.ledger(as_operator=False)
     tariff = read_tariff(ledger)
     if not tariff.rates:
-        raise ValueError("no tariff is set: run `medmeter tariff default` first.")
+        raise InputError("no tariff is set on the ledger yet: set one with `medmeter tariff default` first.")
+    if len(wallets) < 2:
+        raise InputError(
+            f"simulation needs at least two institutions (exchanges go between them), got {len(wallets)}: "
+            "pass --wallet twice or more, or leave --wallet out to use every registered institution."
+        )
     participants = []
     for wallet in wallets:
         signer = session.keystores.unlock(wallet)
