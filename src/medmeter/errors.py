@@ -67,3 +67,19 @@ class InternalSignal(Exception):
 
 class ChainMovedError(InternalSignal):
     """The chain changed while a chunk was being read (a reorg in flight)."""
+
+
+class TransactionStuckError(MedmeterError):
+    """A transaction was not mined despite rebroadcasts and fee-bumped replacements."""
+
+
+class ReorgedError(InternalSignal):
+    """A mined transaction's block left the chain before its confirmations; its items go back to the queue."""
+
+
+class ServiceError(MedmeterError):
+    """The platform service cannot start, or a gateway answered with an error."""
+
+
+class GatewayUnavailableError(ServiceError):
+    """The platform service's gateway cannot be reached (the client keeps the items to send later)."""

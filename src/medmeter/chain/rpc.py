@@ -15,7 +15,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhaust
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxReceipt
 
-from medmeter.errors import MedmeterError, RpcUnavailableError
+from medmeter.errors import MedmeterError, ReorgedError, RpcUnavailableError, TransactionStuckError
 
 RPC_URL_ENV = "MEDMETER_RPC_URL"
 RPC_TIMEOUT_ENV = "MEDMETER_RPC_TIMEOUT"
@@ -110,16 +110,44 @@ def rpc_failure(exc: BaseException) -> RpcUnavailableError | None:
 
 
 @dataclass
+class SentTransaction:
+    """What is needed to rebroadcast or replace a transaction that the node lost or left unmined."""
+
+    nonce: int
+    fields: dict[str, Any]  # the unsigned transaction, fees included
+    hashes: list[str]  # the original first, then each replacement (any of them may be mined)
+    sent_at: float
+
+
+# Gap repair and replacement: a transaction not mined within this many seconds is rebroadcast (if the
+# node forgot it) or replaced at a higher fee; after MAX_REPLACEMENTS the wait gives up (never for ever).
+REPLACE_AFTER_SECONDS = 30.0
+MAX_REPLACEMENTS = 4
+# EIP-1559 replacement rule of geth/anvil/besu: both fees at least 10 % higher; doubling clears it.
+FEE_BUMP_FACTOR = 2
+
+
+@dataclass
 class Transactor:
     """Signs and sends transactions from one local account, keeping its nonce locally so
-    that many transactions can be in flight at once."""
+    that many transactions can be in flight at once.
+
+    The local nonce is a cache of the chain's: it is re-read from the node whenever the node says
+    it is wrong ("nonce too low" after another process used the account, a lost answer to a send
+    the node accepted), on `sync_nonce()`, and before gap repair. A transaction that is not mined
+    within `replace_after` seconds is rebroadcast if the node dropped it, preceded by no-op
+    transactions if the account's nonce sequence has a gap, and otherwise replaced by the same
+    call at a doubled fee, at most `max_replacements` times."""
 
     w3: Web3
     account: LocalAccount
     decode_error: Callable[[Exception], MedmeterError] | None = None
+    replace_after: float = REPLACE_AFTER_SECONDS
+    max_replacements: int = MAX_REPLACEMENTS
     _nonce: int | None = field(default=None, init=False)
     _chain_id: int | None = field(default=None, init=False)
     _fee_cache: tuple[int, float] | None = field(default=None, init=False)
+    _sent: dict[str, SentTransaction] = field(default_factory=dict, init=False)
 
     @property
     def address(self) -> str:
@@ -139,7 +167,7 @@ class Transactor:
         if self._chain_id is None:
             self._chain_id = self.w3.eth.chain_id
         if self._nonce is None:
-            self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+            self.sync_nonce()
         call: dict[str, Any] = {"from": self.account.address, "data": data}
         if to is not None:
             call["to"] = to
@@ -149,19 +177,38 @@ class Transactor:
                 gas = int(self.w3.eth.estimate_gas(call, "pending") * GAS_HEADROOM)  # type: ignore[arg-type]
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._decoded(exc) from exc
-        tx = {
-            **call,
-            "nonce": self._nonce,
-            "gas": gas,
-            "chainId": self._chain_id,
-            "maxFeePerGas": self._max_fee(),
-            "maxPriorityFeePerGas": 0,
-            "value": 0,
-        }
-        signed = self.account.sign_transaction(tx)
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        self._nonce += 1
-        return tx_hash.to_0x_hex()
+        fields = {**call, "gas": gas, "chainId": self._chain_id, "maxFeePerGas": self._max_fee(), "value": 0}
+        fields["maxPriorityFeePerGas"] = 0
+        for attempt in range(2):
+            assert self._nonce is not None
+            nonce = self._nonce
+            try:
+                tx_hash = self._broadcast({**fields, "nonce": nonce})
+            except Web3RPCError as exc:
+                # Another sender used this account, or the node accepted an earlier send whose answer
+                # was lost: the chain's count is the truth; take it and sign again, once.
+                if attempt == 0 and _nonce_rejected(exc):
+                    self.sync_nonce()
+                    continue
+                raise
+            self._nonce = nonce + 1
+            self._sent[tx_hash] = SentTransaction(nonce, {**fields, "nonce": nonce}, [tx_hash], time.monotonic())
+            return tx_hash
+        raise AssertionError("unreachable")
+
+    def _broadcast(self, fields: dict[str, Any]) -> str:
+        signed = self.account.sign_transaction(fields)
+        try:
+            return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
+        except Web3RPCError as exc:
+            if "already known" in _rpc_message(exc).lower():  # the node has it: same bytes, same hash
+                return "0x" + signed.hash.hex().removeprefix("0x")
+            raise
+
+    def sync_nonce(self) -> int:
+        """Take the account's next nonce from the node (counting its pending transactions)."""
+        self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        return self._nonce
 
     def wait(self, tx_hash: str) -> TxReceipt:
         try:
@@ -180,29 +227,103 @@ class Transactor:
             )
         return receipt
 
-    def wait_raw(self, tx_hash: str) -> dict[str, Any]:
+    def wait_raw(self, tx_hash: str, *, allow_revert: bool = False, confirmations: int = 0) -> dict[str, Any]:
         """The receipt as JSON-RPC returns it (hex strings), without web3's per-log formatting,
-        which cost more than the node's work for a batch of hundreds of logs."""
-        deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
+        which cost more than the node's work for a batch of hundreds of logs.
+
+        Waits for whichever of the transaction's replacements is mined, replacing it as the class
+        says, then until `confirmations` more blocks are on top of it. With `allow_revert` a
+        reverted receipt (status 0) is returned for the caller to re-check, instead of raised."""
+        sent = self._sent.get(tx_hash)
+        started = time.monotonic()
+        deadline = started + max(RECEIPT_TIMEOUT_SECONDS, self.replace_after * (self.max_replacements + 2))
+        next_action = started + self.replace_after
+        replacements = 0
         while True:
-            response = self.w3.provider.make_request("eth_getTransactionReceipt", [tx_hash])  # type: ignore[arg-type]
-            receipt = response.get("result")
+            receipt = self._first_receipt(sent.hashes if sent else [tx_hash])
             if receipt is not None:
                 break
-            if "error" in response:
-                raise RpcUnavailableError(f"the node failed to return the receipt of {tx_hash}: {response['error']}.")
-            if time.monotonic() > deadline:
-                raise MedmeterError(
-                    f"transaction {tx_hash} was not mined within {RECEIPT_TIMEOUT_SECONDS} s: check that the node is "
-                    "mining (`medmeter devnet status`) and run the command again; it will not be recorded twice."
+            now = time.monotonic()
+            if now > deadline or (sent is None and now - started > RECEIPT_TIMEOUT_SECONDS):
+                raise TransactionStuckError(
+                    f"transaction {tx_hash} was not mined within {now - started:.0f} s despite {replacements} "
+                    "replacement(s) at higher fees: check that the node is mining (`medmeter devnet status`); its "
+                    "items stay unconfirmed and are checked against the chain again, so nothing is recorded twice."
                 )
+            if sent is not None and now >= next_action and replacements < self.max_replacements:
+                self._repair(sent)
+                replacements += 1
+                next_action = now + self.replace_after
             time.sleep(RECEIPT_POLL_SECONDS)
-        if int(receipt["status"], 16) != 1:
+        if int(receipt["status"], 16) != 1 and not allow_revert:
             raise MedmeterError(
-                f"transaction {tx_hash} reverted in block {int(receipt['blockNumber'], 16)}: the chain changed "
-                "between the pre-check and mining; run the command again."
+                f"transaction {receipt['transactionHash']} reverted in block {int(receipt['blockNumber'], 16)}: the "
+                "chain changed between the pre-check and mining; run the command again."
             )
+        if confirmations > 0:
+            receipt = self._confirmed(receipt, confirmations, deadline)
+        self._sent.pop(tx_hash, None)
         return receipt
+
+    def _first_receipt(self, hashes: list[str]) -> dict[str, Any] | None:
+        for candidate in hashes:
+            response = self.w3.provider.make_request("eth_getTransactionReceipt", [candidate])  # type: ignore[arg-type]
+            if "error" in response:
+                raise RpcUnavailableError(f"the node failed to return the receipt of {candidate}: {response['error']}.")
+            if response.get("result") is not None:
+                return response["result"]
+        return None
+
+    def _confirmed(self, receipt: dict[str, Any], confirmations: int, deadline: float) -> dict[str, Any]:
+        """Wait until `confirmations` blocks follow the receipt's, then re-read it: if its block left the
+        chain meanwhile (a reorg), the transaction is waited for again from the start."""
+        block = int(receipt["blockNumber"], 16)
+        while self.w3.eth.block_number < block + confirmations:
+            if time.monotonic() > deadline:
+                raise TransactionStuckError(
+                    f"transaction {receipt['transactionHash']} was mined in block {block} but {confirmations} "
+                    "confirmation(s) did not follow in time: check that the node is producing blocks."
+                )
+            time.sleep(max(RECEIPT_POLL_SECONDS, 0.05))
+        again = self._first_receipt([receipt["transactionHash"]])
+        if again is None or again["blockHash"] != receipt["blockHash"]:
+            raise ReorgedError(f"transaction {receipt['transactionHash']} left the chain in a reorg")
+        return again
+
+    def _repair(self, sent: SentTransaction) -> None:
+        """One step of getting a stuck transaction mined: fill a nonce gap below it with no-op
+        transfers, rebroadcast it if the node forgot it, or else replace it at a doubled fee."""
+        chain_next = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        for missing in range(chain_next, sent.nonce):
+            # A gap: the node holds our transaction back until every lower nonce is used.
+            self._broadcast(self._no_op(missing))
+        known = self.w3.provider.make_request("eth_getTransactionByHash", [sent.hashes[-1]])  # type: ignore[arg-type]
+        if known.get("result") is None:
+            self._broadcast(sent.fields)  # dropped from the pool: the same signed bytes again
+            return
+        fields = dict(sent.fields)
+        priority = max(int(fields["maxPriorityFeePerGas"]) * FEE_BUMP_FACTOR, 1_000_000_000)
+        fields["maxPriorityFeePerGas"] = priority
+        fields["maxFeePerGas"] = max(int(fields["maxFeePerGas"]) * FEE_BUMP_FACTOR, self._max_fee()) + priority
+        try:
+            sent.hashes.append(self._broadcast(fields))
+            sent.fields = fields
+        except Web3RPCError as exc:
+            if not _nonce_rejected(exc):
+                raise
+            # The nonce was used meanwhile: the original (or an earlier replacement) was mined.
+
+    def _no_op(self, nonce: int) -> dict[str, Any]:
+        return {
+            "from": self.account.address,
+            "to": self.account.address,
+            "value": 0,
+            "gas": 21_000,
+            "nonce": nonce,
+            "chainId": self._chain_id or self.w3.eth.chain_id,
+            "maxFeePerGas": self._max_fee() * FEE_BUMP_FACTOR + 1_000_000_000,
+            "maxPriorityFeePerGas": 1_000_000_000,
+        }
 
     def transact(self, fn: Any, *, gas: int | None = None) -> TxReceipt:
         return self.wait(self.send(fn, gas=gas))
@@ -223,6 +344,11 @@ class Transactor:
         if self.decode_error is not None:
             return self.decode_error(exc)
         return MedmeterError(f"the contract refused the transaction: {exc}")
+
+
+def _nonce_rejected(exc: Web3RPCError) -> bool:
+    message = _rpc_message(exc).lower()
+    return "nonce too low" in message or "nonce has already been used" in message or "underpriced" in message
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
