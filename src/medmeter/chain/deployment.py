@@ -1,4 +1,5 @@
-"""Deploying the ledger and finding it again: `deployments/<chain-id>.json`."""
+"""Deploying the ledger and finding it again (`deployments/<chain-id>.json`), and funding the
+operator's key on a development node so that it can pay for gas."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Any
 
 import requests
 from web3 import Web3
-from web3.exceptions import Web3RPCError
+from web3.exceptions import TimeExhausted, Web3RPCError
 
 from medmeter.chain.rpc import Transactor
 from medmeter.contract.facts import LEDGER_ID
-from medmeter.errors import DeploymentError
+from medmeter.errors import DeploymentError, FundingError
 from medmeter.fileio import write_json_atomic
-from medmeter.toolchain.compiler import Artifact, compile_ledger
+from medmeter.toolchain.compiler import DEFAULT_EVM_VERSION, Artifact, compile_ledger, evm_version_for
 from medmeter.workspace import Workspace
 
 
@@ -29,6 +30,7 @@ class Deployment:
     deployer: str
     abi: list[dict[str, Any]]
     source_hash: str
+    evm_version: str = DEFAULT_EVM_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +40,7 @@ class Deployment:
             "tx_hash": self.tx_hash,
             "deployer": self.deployer,
             "source_hash": self.source_hash,
+            "evm_version": self.evm_version,
             "deployed_at": int(time.time()),
             "abi": self.abi,
         }
@@ -59,12 +62,25 @@ def deploy_contract(w3: Web3, transactor: Transactor, artifact: Artifact) -> Dep
         deployer=transactor.address,
         abi=artifact.abi,
         source_hash=artifact.source_hash,
+        evm_version=artifact.evm_version,
     )
 
 
-def deploy(workspace: Workspace, w3: Web3, transactor: Transactor, artifact: Artifact | None = None) -> Deployment:
-    """Compile (cached), deploy and record `deployments/<chain-id>.json`."""
-    deployment = deploy_contract(w3, transactor, artifact or compile_ledger(workspace))
+def deploy(
+    workspace: Workspace,
+    w3: Web3,
+    transactor: Transactor,
+    artifact: Artifact | None = None,
+    *,
+    evm_version: str | None = None,
+) -> Deployment:
+    """Compile (cached) for the node's EVM version, deploy and record `deployments/<chain-id>.json`.
+
+    The version is `evm_version` (a --evm-version option), else $MEDMETER_EVM_VERSION, else the newest
+    the node executes (`compiler.detect_evm_version`): cancun code reverts on a shanghai node."""
+    if artifact is None:
+        artifact = compile_ledger(workspace, evm_version=evm_version_for(w3, evm_version))
+    deployment = deploy_contract(w3, transactor, artifact)
     record_deployment(workspace, deployment)
     return deployment
 
@@ -95,6 +111,7 @@ def load_deployment(workspace: Workspace, w3: Web3, path: Path | None = None) ->
             deployer=str(data.get("deployer", "")),
             abi=list(data["abi"]),
             source_hash=str(data.get("source_hash", "")),
+            evm_version=str(data.get("evm_version", DEFAULT_EVM_VERSION)),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DeploymentError(
@@ -129,3 +146,71 @@ def verify_ledger(w3: Web3, deployment: Deployment) -> None:
         ) from None
     if ledger_id != expected:
         raise DeploymentError(f"the contract at {deployment.address} is not a MeteringLedger v1: check the deployment.")
+
+
+# ---------------------------------------------------------------------------------- funding
+
+DEV_FUNDING_WEI = 10**24
+# What a dev account keeps for itself when it pays for another: funding must not empty it.
+DEV_ACCOUNT_SHARE = 10
+# Each development node's own way to set a balance; a node answers the others with an error.
+SET_BALANCE_METHODS = ("anvil_setBalance", "hardhat_setBalance", "evm_setAccountBalance")
+TRANSFER_GAS = 21_000
+FUNDING_RECEIPT_TIMEOUT_SECONDS = 120
+
+
+def fund_account(w3: Web3, address: str, amount: int = DEV_FUNDING_WEI) -> str:
+    """Give `address` ether to pay for gas if it has none; returns how (a method name, "transfer from
+    <dev account>", or "already funded").
+
+    Tries each node's set-balance method (anvil, Hardhat, Ganache), then a plain transfer from the
+    node's first unlocked, funded account (`eth_accounts`; a Hardhat or Ganache node, or a geth
+    --dev). A node with neither (a real network) raises FundingError saying how to fund the key."""
+    address = Web3.to_checksum_address(address)
+    if w3.eth.get_balance(address) > 0:
+        return "already funded"
+    for method in SET_BALANCE_METHODS:
+        response = w3.provider.make_request(method, [address, hex(amount)])  # type: ignore[arg-type]
+        if "error" not in response and w3.eth.get_balance(address) > 0:
+            return method
+    if (source := fund_from_dev_account(w3, address, amount)) is not None:
+        return f"transfer from {source}"
+    raise FundingError(
+        f"account {address} has no ether on chain {w3.eth.chain_id} and the node neither sets balances nor "
+        f"holds an unlocked funded account: send it ether from an account that has some (e.g. `cast send "
+        f"--value 1ether {address} --private-key <funded key> --rpc-url <node>`), then run the command again."
+    )
+
+
+def fund_from_dev_account(w3: Web3, address: str, amount: int = DEV_FUNDING_WEI) -> str | None:
+    """Send `address` up to `amount` wei from the node's first unlocked account that can spare it
+    (at most a tenth of its balance); returns that account, or None if the node has none."""
+    response = w3.provider.make_request("eth_accounts", [])  # type: ignore[arg-type]
+    accounts = response.get("result") if "error" not in response else None
+    for account in accounts or []:
+        account = Web3.to_checksum_address(account)
+        if account == Web3.to_checksum_address(address):
+            continue
+        value = min(amount, w3.eth.get_balance(account) // DEV_ACCOUNT_SHARE)
+        if value == 0:
+            continue
+        # The gas is given: Ganache's default for eth_sendTransaction is 90,000, others estimate.
+        sent = w3.provider.make_request(  # type: ignore[arg-type]
+            "eth_sendTransaction",
+            [{"from": account, "to": Web3.to_checksum_address(address), "value": hex(value), "gas": hex(TRANSFER_GAS)}],
+        )
+        if "error" in sent:
+            continue  # listed but locked (a node that lists accounts it cannot sign for)
+        try:
+            receipt = w3.eth.wait_for_transaction_receipt(
+                sent["result"], timeout=FUNDING_RECEIPT_TIMEOUT_SECONDS, poll_latency=0.1
+            )
+        except TimeExhausted:
+            raise FundingError(
+                f"the transfer {sent['result']} funding {address} from the node's account {account} was not mined "
+                f"within {FUNDING_RECEIPT_TIMEOUT_SECONDS} s: check that the node is mining, then run the command "
+                "again."
+            ) from None
+        if receipt["status"] == 1:
+            return account
+    return None

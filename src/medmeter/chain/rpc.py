@@ -15,7 +15,13 @@ from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhaust
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxReceipt
 
-from medmeter.errors import MedmeterError, ReorgedError, RpcUnavailableError, TransactionStuckError
+from medmeter.errors import (
+    ContractExecutionError,
+    MedmeterError,
+    ReorgedError,
+    RpcUnavailableError,
+    TransactionStuckError,
+)
 
 RPC_URL_ENV = "MEDMETER_RPC_URL"
 RPC_TIMEOUT_ENV = "MEDMETER_RPC_TIMEOUT"
@@ -92,13 +98,65 @@ def _rpc_message(exc: Web3RPCError) -> str:
     return str(exc)
 
 
-def rpc_failure(exc: BaseException) -> RpcUnavailableError | None:
+# Words with which nodes report that the EVM ran the code and it failed: anvil/geth/besu
+# ("execution reverted", "invalid opcode: MCOPY", "out of gas"), Ganache ("VM Exception while processing
+# transaction: invalid opcode"), Hardhat/EDR ("reverted with", "invalid opcode"). None of them is an outage.
+EXECUTION_FAILURE_MARKERS = (
+    "revert",
+    "invalid opcode",
+    "opcode 0x",
+    "vm exception",
+    "out of gas",
+    "stack underflow",
+    "stack overflow",
+    "invalid jump",
+    "bad jump",
+    "static state change",
+    "write protection",
+    "execution error",
+    "execution failed",
+)
+# A contract execution failure whose advice is the EVM version: the node lacks an opcode the code uses.
+UNSUPPORTED_OPCODE_MARKERS = ("invalid opcode", "opcode 0x", "opcode not defined", "notactivated")
+
+
+def execution_failure(exc: BaseException) -> MedmeterError | None:
+    """A contract execution failure (a revert, an invalid opcode, out of gas) that reached the caller
+    undecoded, as a sentence that says it is the code, not the node; None for anything else."""
+    if isinstance(exc, ContractLogicError):
+        message = str(exc.message if getattr(exc, "message", None) else exc)
+    elif isinstance(exc, Web3RPCError):
+        message = _rpc_message(exc)
+    else:
+        return None
+    lowered = message.lower()
+    if isinstance(exc, Web3RPCError) and not any(marker in lowered for marker in EXECUTION_FAILURE_MARKERS):
+        return None
+    if any(marker in lowered for marker in UNSUPPORTED_OPCODE_MARKERS):
+        return ContractExecutionError(
+            f"the node could not execute the ledger's code ({message}): the ledger was compiled for a newer EVM "
+            "than this node runs (Ganache 7.9.2 stops at shanghai). Redeploy for the node's version: "
+            "`MEDMETER_EVM_VERSION=shanghai medmeter deploy` (deploy detects it when the variable is unset). "
+            "This is not a node outage; running the command again will not help."
+        )
+    return ContractExecutionError(
+        f"the contract refused the call ({message}): the node answered, and the ledger's code failed, so running "
+        "the command again unchanged fails the same way; check the arguments, the roles and the ledger's state."
+    )
+
+
+def rpc_failure(exc: BaseException) -> MedmeterError | None:
     """A failure of the JSON-RPC transport or an error answer from the node, in the middle of a
-    command, as a sentence that says what to do; None for any other exception."""
+    command, as a sentence that says what to do; None for any other exception.
+
+    A contract execution failure (revert, invalid opcode) is the code's, not the node's: it gets
+    `execution_failure`'s sentence, never the advice to wait for the node."""
     rerun = (
         "run the command again once the node answers (`medmeter devnet status`); transactions that were not "
         "mined are not recorded, and `medmeter relay` skips what was"
     )
+    if (failure := execution_failure(exc)) is not None:
+        return failure
     if isinstance(exc, requests.RequestException):
         url = exc.request.url if exc.request is not None else "the JSON-RPC endpoint"
         return RpcUnavailableError(
