@@ -1,0 +1,171 @@
+"""What the service checks of each posted interaction before it stores it, against a cached view
+of the chain (registry and tariff), so that 3,000 items a second cost no node round trip each.
+
+The contract re-checks everything when the batch is relayed; these checks exist to refuse early,
+with the ledger's error name and a sentence, what the contract would refuse anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from medmeter.chain.ledger import Ledger
+from medmeter.contract.facts import MAX_RECORDS_PER_INTERACTION, Kind
+from medmeter.contract.revert_advice import STATUS_NAMES
+from medmeter.relay.digests import Digester
+from medmeter.signing.interaction import ZERO_ADDRESS, SignedInteraction
+
+REGISTRY_TTL_SECONDS = 2.0
+TARIFF_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    error: str  # the ledger's custom error name (or WrongDomain, MalformedSignature)
+    reason: str  # one sentence that says what to do
+
+
+@dataclass(frozen=True)
+class Profile:
+    status: str
+    signer: str
+    fetched_at: float
+
+
+class ChainView:
+    """Registry entries and the tariff, read from the ledger and kept for a few seconds."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._profiles: dict[str, Profile] = {}
+        self._rates: dict[int, tuple[int, int]] | None = None
+        self._rates_at = 0.0
+        self._lock = threading.Lock()
+
+    def profiles(self, addresses: set[str], *, fresh: bool = False) -> dict[str, Profile]:
+        now = time.monotonic()
+        stale = [
+            a
+            for a in addresses
+            if fresh or a not in self._profiles or now - self._profiles[a].fetched_at > REGISTRY_TTL_SECONDS
+        ]
+        if stale:
+            fn = self.ledger.contract.functions.institution
+            with self.ledger.w3.batch_requests() as batch:
+                for address in stale:
+                    batch.add(fn(address))
+                answers = batch.execute()
+            with self._lock:
+                for address, answer in zip(stale, answers, strict=True):
+                    _code, _name, signer, status, _credit = answer
+                    self._profiles[address] = Profile(STATUS_NAMES.get(status, str(status)), signer, now)
+        return {a: self._profiles[a] for a in addresses}
+
+    def rates(self) -> dict[int, tuple[int, int]]:
+        """category → (sync units per record, fetch units per record), for defined categories only."""
+        now = time.monotonic()
+        if self._rates is None or now - self._rates_at > TARIFF_TTL_SECONDS:
+            from medmeter.app.operations import read_tariff
+
+            self._rates, self._rates_at = dict(read_tariff(self.ledger).rates), now
+        return self._rates
+
+
+def price_refusal(item: SignedInteraction, rates: dict[int, tuple[int, int]]) -> Refusal | None:
+    """The one place where an item's price is checked against the tariff.
+
+    Today the contract prices an interaction (records x the category's rate) and the item carries no
+    price, so the check is that the category has a rate. Once the signed interaction carries the
+    `units` the institution agreed to, they must equal the tariff's price, or the contract refuses it."""
+    interaction = item.interaction
+    rate = rates.get(interaction.category)
+    if rate is None:
+        return Refusal(
+            "UnknownCategory",
+            f"category {interaction.category} has no rate in the tariff: sign the interaction with a category the "
+            "platform prices (see `medmeter tariff show`).",
+        )
+    per_record = rate[0] if interaction.kind is Kind.SYNC else rate[1]
+    expected = interaction.records * per_record
+    agreed = getattr(interaction, "units", None)
+    if agreed is not None and int(agreed) != expected:
+        return Refusal(
+            "UnitsMismatch",
+            f"the interaction agrees to {agreed} units but the tariff prices {interaction.records} record(s) of "
+            f"category {interaction.category} at {expected}: sign it again with the current tariff's price.",
+        )
+    return None
+
+
+def check_item(
+    item: SignedInteraction,
+    digest: bytes,
+    digester: Digester,
+    view: ChainView,
+    profiles: dict[str, Profile],
+    now: float,
+) -> Refusal | None:
+    """Why the ledger would refuse `item`, or None. `profiles` holds its institution and counterparty."""
+    interaction = item.interaction
+    domain = view.ledger.domain
+    if item.domain != domain:
+        return Refusal(
+            "WrongDomain",
+            f"signed for chain {item.domain.chain_id} ledger {item.domain.verifying_contract}, but this platform "
+            f"records on chain {domain.chain_id} ledger {domain.verifying_contract}: sign for this ledger.",
+        )
+    if interaction.deadline < now:
+        return Refusal(
+            "InteractionExpired",
+            f"the signature's deadline {interaction.deadline} has passed: have the institution sign it again.",
+        )
+    kind = interaction.kind
+    exchange = kind is Kind.EXCHANGE
+    if exchange != (interaction.counterparty != ZERO_ADDRESS) or interaction.counterparty == interaction.institution:
+        return Refusal(
+            "InvalidCounterparty",
+            f"a {kind.word} must {'name another institution' if exchange else 'have no'} counterparty: sign it again.",
+        )
+    if not 1 <= interaction.records <= MAX_RECORDS_PER_INTERACTION:
+        return Refusal(
+            "RecordsOutOfRange",
+            f"records must be 1..{MAX_RECORDS_PER_INTERACTION}, got {interaction.records}: sign it again.",
+        )
+    for role, address in (("institution", interaction.institution), ("counterparty", interaction.counterparty)):
+        if role == "counterparty" and not exchange:
+            continue
+        profile = profiles[address]
+        if profile.status == "unregistered":
+            return Refusal("InstitutionNotRegistered", f"the {role} {address} is not registered on this ledger.")
+        if profile.status != "active":
+            return Refusal(
+                "InstitutionNotActive", f"the {role} {address} is {profile.status}: ask the platform to reinstate it."
+            )
+    recovered = digester.signer(item, digest)
+    expected = profiles[interaction.institution].signer
+    if recovered != expected:
+        # The signer may have just been rotated: read the registry again before refusing.
+        fresh = view.profiles({interaction.institution}, fresh=True)[interaction.institution]
+        if recovered != fresh.signer:
+            return Refusal(
+                "InvalidSigner",
+                f"the signature recovers to {recovered}, not to {interaction.institution}'s signer {fresh.signer}: "
+                "have the institution sign with its registered key.",
+            )
+    return price_refusal(item, view.rates())
+
+
+def addresses_of(items: list[SignedInteraction]) -> set[str]:
+    out: set[str] = set()
+    for item in items:
+        out.add(item.interaction.institution)
+        if item.interaction.counterparty != ZERO_ADDRESS:
+            out.add(item.interaction.counterparty)
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    return value

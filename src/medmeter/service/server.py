@@ -1,0 +1,167 @@
+"""Running the service: configuration (flags > environment > medmeter.toml > defaults), the
+foreground server, and the detached one with its pid file (like `medmeter devnet`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from medmeter.errors import ServiceError
+
+ENV_PREFIX = "MEDMETER_SERVICE_"
+CONFIG_FILE = "medmeter.toml"
+
+
+@dataclass
+class ServiceConfig:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    outbox: str = ""  # default: .medmeter/service/outbox.sqlite3
+    batch_size: int = 100
+    confirmations: int = 0
+    queue_cap: int = 50_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_items: int = 20_000
+    log_level: str = "warning"
+
+    @classmethod
+    def load(cls, root: Path, flags: dict[str, Any]) -> ServiceConfig:
+        config = cls()
+        path = root / CONFIG_FILE
+        table: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                table = tomllib.loads(path.read_text()).get("service", {})
+            except tomllib.TOMLDecodeError as exc:
+                raise ServiceError(f"{path} is not valid TOML ({exc}): fix its [service] table.") from None
+        for f in fields(cls):
+            value = flags.get(f.name)
+            if value is None:
+                value = os.environ.get(ENV_PREFIX + f.name.upper())
+            if value is None:
+                value = table.get(f.name)
+            if value is None:
+                continue
+            try:
+                setattr(config, f.name, type(getattr(config, f.name))(value))
+            except ValueError:
+                raise ServiceError(
+                    f"service setting {f.name}={value!r} is not a {type(getattr(config, f.name)).__name__}: fix the "
+                    f"flag, ${ENV_PREFIX}{f.name.upper()} or [service] {f.name} in {CONFIG_FILE}."
+                ) from None
+        return config
+
+
+def outbox_path(state_dir: Path, config: ServiceConfig) -> Path:
+    return Path(config.outbox) if config.outbox else state_dir / "service" / "outbox.sqlite3"
+
+
+def info_path(state_dir: Path) -> Path:
+    return state_dir / "service" / "service.json"
+
+
+def run(session: Any, config: ServiceConfig) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from medmeter.service.app import Limits, Service, create_app
+    from medmeter.service.metrics import Metrics
+    from medmeter.service.outbox import Outbox
+    from medmeter.service.relayer import Relayer
+
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ledger = session.ledger()
+    state_dir = session.workspace.state_dir
+    outbox = Outbox(outbox_path(state_dir, config))
+    metrics = Metrics()
+    relayer = Relayer(ledger, outbox, metrics, batch_size=config.batch_size, confirmations=config.confirmations)
+    limits = Limits(config.max_body_bytes, config.max_items, config.queue_cap)
+    service = Service(ledger, outbox, relayer, metrics, limits)
+    app = create_app(service, state_dir / "service" / "export")
+    relayer.start()
+    info = info_path(state_dir)
+    info.parent.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{config.host}:{config.port}", **asdict(config)}))
+    try:
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+        )
+    finally:
+        relayer.stop()
+
+
+def read_info(state_dir: Path) -> dict[str, Any] | None:
+    path = info_path(state_dir)
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return None
+    return info
+
+
+def wait_ready(url: str, timeout: float = 60) -> bool:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url + "/healthz", timeout=2)
+            return True
+        except requests.RequestException:
+            time.sleep(0.1)
+    return False
+
+
+def detach(args: list[str], state_dir: Path, url: str) -> int:
+    """Start `medmeter serve ARGS` in the background, logging to .medmeter/service/service.log."""
+    log = state_dir / "service" / "service.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from medmeter.cli import main; main()", *args],
+            stdout=handle,
+            stderr=handle,
+            start_new_session=True,
+        )
+    if not wait_ready(url):
+        process.kill()
+        raise ServiceError(f"the service did not answer on {url} within 60 s: see {log}.")
+    return process.pid
+
+
+def stop(state_dir: Path) -> int | None:
+    info = read_info(state_dir)
+    if info is None:
+        return None
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    info_path(state_dir).unlink(missing_ok=True)
+    return pid
