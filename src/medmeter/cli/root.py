@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from medmeter.cli import demo, devnet, institution, period, reports, roles, setup, tariff, traffic, wallet
+from medmeter.cli import demo, devnet, institution, period, reports, roles, service, setup, tariff, traffic, wallet
 from medmeter.cli.examples import add_examples
 from medmeter.cli.options import (
     ALLOW_EMPTY_PASSWORD_HELP,
@@ -96,6 +96,9 @@ COMMANDS: tuple[click.Command, ...] = (
     reports.statement_cmd,
     reports.verify_statement_cmd,
     demo.demo,
+    service.serve,
+    service.submit,
+    service.status,
 )
 
 
