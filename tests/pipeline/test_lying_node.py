@@ -7,10 +7,13 @@ import pytest
 
 from medmeter.chain.ledger import Ledger
 from medmeter.chain.rpc import connect
-from medmeter.errors import DecodeError, ExportStateError
+from medmeter.contract.facts import INTERACTION_RECORDED_TOPIC
+from medmeter.errors import DecodeError, ExportStateError, ReconciliationError
 from medmeter.export.checkpoint import PARTS_DIR, read_checkpoint
 from medmeter.export.exporter import Exporter
 from medmeter.export.reading import read_export
+from medmeter.settlement.period import settle_period
+from medmeter.signing.interaction import Kind
 from tests.support.lying_node import lying_node, on_get_logs
 from tests.support.reports import record_traffic
 
@@ -95,3 +98,80 @@ def test_an_edited_parquet_part_is_refused_when_read_again(traffic_env, tmp_path
     with pytest.raises(ExportStateError, match="changed since it was exported") as caught:
         read_export(out)
     assert "medmeter export --restart" in str(caught.value)
+
+
+def _set_word(log: dict, index: int, value: int) -> None:
+    data = log["data"][2:]
+    log["data"] = "0x" + data[: 64 * index] + f"{value:064x}" + data[64 * (index + 1) :]
+
+
+def _word(log: dict, index: int) -> int:
+    return int(log["data"][2 + 64 * index : 2 + 64 * (index + 1)], 16)
+
+
+KIND, CATEGORY, RECORDS = 0, 1, 2
+
+
+def _first_sync(logs):
+    """The first sync's log in an answer, or None (tariff or registry logs only)."""
+    return next((log for log in logs if log["topics"][0] == INTERACTION_RECORDED_TOPIC and _word(log, KIND) == 0), None)
+
+
+def _records_doubled(_rates):
+    def lie(logs):
+        if (log := _first_sync(logs)) is not None:
+            _set_word(log, RECORDS, 2 * _word(log, RECORDS))
+        return logs
+
+    return lie
+
+
+def _category_changed(rates):
+    def lie(logs):
+        if (log := _first_sync(logs)) is not None:
+            other = next(c for c, rate in rates.items() if rate != rates[_word(log, CATEGORY)])
+            _set_word(log, CATEGORY, other)
+        return logs
+
+    return lie
+
+
+@pytest.mark.parametrize("make_lie", [_records_doubled, _category_changed])
+def test_a_row_whose_price_the_tariff_does_not_give_fails_the_settlement(traffic_env, tmp_path, make_lie):
+    """Units, counts and every net stay as the chain has them; only a row's records or category lie."""
+    functions, call = traffic_env.ledger.contract.functions, traffic_env.ledger.call
+    rates = {c: int(sync) for c in range(64) for sync, _, defined in [call(functions.rateOf(c))] if defined}
+    with lying_node(traffic_env.w3.provider.endpoint_uri, on_get_logs(make_lie(rates))) as url:
+        ledger = Ledger(connect(url), traffic_env.ledger.deployment)
+        Exporter(ledger, tmp_path / "export").run()
+        dataset = read_export(tmp_path / "export").to_pandas()
+        with pytest.raises(ReconciliationError, match="not priced as the chain's tariff prices them"):
+            settle_period(ledger, dataset, 1)
+
+
+def test_a_tariff_change_inside_the_period_prices_each_row_by_the_tariff_then(env, tmp_path):
+    """Honest rows on both sides of a mid-period change settle; a lie after the change is still caught."""
+    a, b, _ = env.institutions
+    env.record(env.signed(Kind.SYNC, a, category=2, records=4), env.signed(Kind.FETCH, b, category=2, records=1))
+    env.ledger.set_rate(2, 7, 9, "laboratory")
+    env.ledger.set_platform_fee(1_000)
+    env.record(
+        env.signed(Kind.SYNC, a, category=2, records=3),
+        env.signed(Kind.EXCHANGE, b, counterparty=a.address, category=2, records=2),
+    )
+    env.ledger.close_period()
+    Exporter(env.ledger, tmp_path / "honest").run()
+    honest = settle_period(env.ledger, read_export(tmp_path / "honest").to_pandas(), 1)
+    assert honest.interactions["units"].tolist()[-2:] == [3 * 7, 2 * 9]
+
+    def last_sync_records_plus_one(logs):
+        syncs = [log for log in logs if log["topics"][0] == INTERACTION_RECORDED_TOPIC and _word(log, KIND) == 0]
+        if syncs:
+            _set_word(syncs[-1], RECORDS, _word(syncs[-1], RECORDS) + 1)
+        return logs
+
+    with lying_node(env.w3.provider.endpoint_uri, on_get_logs(last_sync_records_plus_one)) as url:
+        ledger = Ledger(connect(url), env.ledger.deployment)
+        Exporter(ledger, tmp_path / "lied").run()
+        with pytest.raises(ReconciliationError, match="4 records\) has units 21 and fee 0, the tariff gives 28 and 0"):
+            settle_period(ledger, read_export(tmp_path / "lied").to_pandas(), 1)

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from eth_abi import decode as abi_decode
 
 from medmeter.chain.ledger import InstitutionInfo, Ledger, Position
 from medmeter.errors import MedmeterError, ReconciliationError
 from medmeter.fileio import write_atomic
 from medmeter.settlement.crediting import tally
+from medmeter.settlement.pricing import check_pricing
 
 # Columns of reports/settlement-<period>.csv, in order (documented in the README).
 SETTLEMENT_COLUMNS: tuple[str, ...] = (
@@ -271,6 +273,74 @@ def read_positions(ledger: Ledger, addresses: Sequence[str], block: int) -> dict
     return {a: Position(values[2 * i], values[2 * i + 1]) for i, a in enumerate(addresses)}
 
 
+# The contract's `Counters` fields, each the settlement column it is the cumulative total of.
+COUNTER_FIELDS: dict[str, str] = {
+    "syncCount": "sync_count",
+    "syncUnits": "sync_units",
+    "fetchCount": "fetch_count",
+    "fetchUnits": "fetch_units",
+    "exchangeInCount": "exchange_in_count",
+    "exchangeInUnits": "exchange_in_units",
+    "exchangeOutCount": "exchange_out_count",
+    "exchangeOutUnits": "exchange_out_units",
+    "feeUnits": "fee_units",
+}
+
+
+def read_counters(ledger: Ledger, addresses: Sequence[str], block: int) -> dict[str, dict[str, int]]:
+    """`countersOf` of every address at `block` (settlement column -> cumulative total), in one JSON-RPC
+    batch; zero before the deployment."""
+    zero = dict.fromkeys(COUNTER_FIELDS.values(), 0)
+    if block < ledger.deployment.block or not addresses:
+        return {a: dict(zero) for a in addresses}
+    fn = ledger.contract.get_function_by_name("countersOf")
+    calls = [
+        ("eth_call", [{"to": ledger.address, "data": ledger.contract.encode_abi("countersOf", [a])}, hex(block)])
+        for a in addresses
+    ]
+    responses = ledger.w3.provider.make_batch_request(calls)
+    if not isinstance(responses, list):
+        responses = [responses] * len(calls)
+    output_types = [f"({','.join(o['type'] for o in fn.abi['outputs'][0]['components'])})"]
+    names = [o["name"] for o in fn.abi["outputs"][0]["components"]]
+    out = {}
+    for address, response in zip(addresses, responses, strict=True):
+        if "error" in response or response.get("result") in (None, "0x"):
+            raise MedmeterError(
+                f"the node could not read the counters of {address} at block {block} ({response.get('error')}): it "
+                "must keep historical state (an archive node, or anvil/ganache); point --rpc-url at one."
+            )
+        (values,) = abi_decode(output_types, bytes.fromhex(response["result"][2:]))
+        out[address] = {COUNTER_FIELDS[name]: int(value) for name, value in zip(names, values, strict=True)}
+    return out
+
+
+def reconcile_counters(
+    rows: pd.DataFrame, opening: dict[str, dict[str, int]], closing: dict[str, dict[str, int]]
+) -> None:
+    """Every counted figure of every row equals the contract's counters at `to_block` minus those at
+    `from_block - 1`; raises naming each institution, field and both figures."""
+    problems = []
+    for row in rows.itertuples(index=False):
+        for column in COUNTER_FIELDS.values():
+            on_chain = closing[row.institution][column] - opening[row.institution][column]
+            from_events = int(getattr(row, column))
+            if on_chain != from_events:
+                problems.append(f"{row.code} ({row.institution}) {column}: events {from_events}, chain {on_chain}")
+    if problems:
+        period = int(rows["period"].iloc[0])
+        shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise ReconciliationError(
+            f"period {period} does not reconcile with the contract's counters in {len(problems)} figure(s): {shown}. "
+            "The exported events are not the chain's: re-export with `medmeter export --restart` from a node you "
+            "trust and report again; if the difference stays, report this ledger to the platform operator."
+        )
+
+
+def has_counters(ledger: Ledger) -> bool:
+    return any(item.get("name") == "countersOf" for item in ledger.deployment.abi)
+
+
 def period_info(ledger: Ledger, period: int) -> PeriodInfo:
     from_block, to_block = ledger.period_range(period)
     times = [datetime.fromtimestamp(ledger.w3.eth.get_block(n)["timestamp"], UTC) for n in (from_block, to_block)]
@@ -290,6 +360,13 @@ def settle_period(ledger: Ledger, dataset: pd.DataFrame, period: int) -> PeriodS
         read_positions(ledger, addresses, info.to_block),
     )
     reconcile(rows)
+    check_pricing(ledger, interactions, period, info.from_block, info.to_block)
+    if has_counters(ledger):
+        reconcile_counters(
+            rows,
+            read_counters(ledger, addresses, info.from_block - 1),
+            read_counters(ledger, addresses, info.to_block),
+        )
     return PeriodSettlement(
         info=info,
         institutions=institutions,
