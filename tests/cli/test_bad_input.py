@@ -214,7 +214,7 @@ def test_a_keystore_with_the_wrong_password(ws: CliWorkspace) -> None:
     result = sign_file(ws, out, "--category", "laboratory", "--records", 1, expect=1, env=wrong)
     keystore = ws.state_dir / "keystores" / "clinic-a.json"
     assert_clean_error(result, f"cannot unlock keystore {keystore}: wrong password", "MEDMETER_KEYSTORE_PASSWORD")
-    assert_clean_error(ws.run("deploy", expect=1, env=wrong), "operator.json: wrong password")
+    assert_clean_error(ws.run("deploy", "--new", expect=1, env=wrong), "operator.json: wrong password")
     assert guarded(ws, out) == files
 
 
@@ -342,7 +342,7 @@ def test_a_period_that_does_not_exist(ws: CliWorkspace) -> None:
     assert_clean_error(ws.run("period", "show", current, expect=1), f"period {current} is still open")
     reports = ws.root / "reports"
     before = sorted(reports.rglob("*")) if reports.exists() else []
-    assert_clean_error(ws.run("report", "--period", 99, expect=1), "period 99 is not closed")
+    assert_clean_error(ws.run("report", "--period", 99, expect=1), "period 99 does not exist")
     assert (sorted(reports.rglob("*")) if reports.exists() else []) == before
 
 

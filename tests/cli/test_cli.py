@@ -159,7 +159,9 @@ def test_wallet_new_and_list(ws: CliWorkspace) -> None:
     assert ws.account("wallet-one").address == address
 
     before = keystore.read_bytes()
-    assert_clean_error(ws.run("wallet", "new", "wallet-one", expect=1), "already exists")
+    # An existing keystore is kept, not overwritten, and `wallet new` succeeds (the walk-through after the demo).
+    again = ws.run("wallet", "new", "wallet-one")
+    assert again.stdout.startswith(f"wallet-one: {address} (keystore ") and "kept it, nothing created" in again.stdout
     assert keystore.read_bytes() == before
     assert_clean_error(ws.run("wallet", "new", "Not Allowed", expect=1), "is not allowed")
 

@@ -42,7 +42,7 @@ def run_demo(
     if not session.keystores.exists(session.operator_name):
         session.keystores.create(session.operator_name)
     operator = session.operator()
-    echo("[2/9] compiling (cached after the first run) and deploying the ledger, about 20 s...")
+    echo("      compiling (cached after the first run) and deploying the ledger, about 20 s...")
     previous = remember(workspace, session.w3.eth.chain_id)
     deployment = deploy(workspace, session.w3, Transactor(session.w3, operator))
     echo(f"[2/9] deployed MeteringLedger at {deployment.address} in block {deployment.block}")
