@@ -226,7 +226,7 @@ def test_cancun_code_on_a_shanghai_node_is_not_called_an_outage(ws: NodeWorkspac
     failed = registered if registered.returncode != 0 else ws.run("institution", "list", expect=1)
     line = assert_clean_error(failed, "invalid opcode", "shanghai")
     assert "once the node answers" not in line and "not a node outage" in line
-    ws.run("deploy")
+    ws.run("deploy", "--new")  # a second ledger: `deploy` alone keeps the live one
     assert ws.cli.deployment()["evm_version"] == "shanghai"
     ws.run("institution", "register", "clinic-a", "--code", "NM-A", "--name", "NM-A Clinic")
     assert "NM-A" in ws.run("institution", "list").stdout
