@@ -108,7 +108,20 @@ class Service:
         digests = [self.digester.digest(item) for item in items]
         ids = ["0x" + d.hex() for d in digests]
         with self._intake:
-            return self._store(records, items, digests, ids)
+            try:
+                return self._store(records, items, digests, ids)
+            except Exception as exc:
+                from medmeter.chain.rpc import rpc_failure
+
+                failure = rpc_failure(exc)
+                if failure is None:
+                    raise
+                # Nothing was stored: the client retries (medmeter.client does, after Retry-After).
+                return (
+                    503,
+                    _one(f"the node is unreachable and this body cannot be checked: {failure}"),
+                    {"Retry-After": str(self.limits.retry_after_seconds)},
+                )
 
     def _store(
         self, records: list[Any], items: list[signing.SignedInteraction], digests: list[bytes], ids: list[str]
@@ -179,7 +192,7 @@ class Service:
         if not fresh:
             return []
         candidates = [items[i] for i in fresh]
-        profiles = self.view.profiles(addresses_of(candidates))
+        profiles = self.view.profiles(addresses_of(candidates))  # raises NodeDown only if never read
         now = time.time()
         passed = []
         for index in fresh:
@@ -195,7 +208,11 @@ class Service:
                 }
                 self.metrics.refused.labels(reason=refusal.error).inc()
         # A nonce used on chain: the same interaction recorded elsewhere (a duplicate) or a conflict.
-        used_local = engine.find_already_recorded(self.ledger, [items[i] for i in passed])
+        try:
+            used_local = engine.find_already_recorded(self.ledger, [items[i] for i in passed])
+        except Exception:
+            # Node down: queue them; the relay engine checks the nonce bitmap again before sending.
+            used_local = set()
         if not used_local:
             return passed
         used = [passed[j] for j in sorted(used_local)]

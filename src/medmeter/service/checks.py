@@ -54,10 +54,17 @@ class ChainView:
         ]
         if stale:
             fn = self.ledger.contract.functions.institution
-            with self.ledger.w3.batch_requests() as batch:
-                for address in stale:
-                    batch.add(fn(address))
-                answers = batch.execute()
+            try:
+                with self.ledger.w3.batch_requests() as batch:
+                    for address in stale:
+                        batch.add(fn(address))
+                    answers = batch.execute()
+            except Exception:
+                # Node down: what was read before still holds for the checks (the contract re-checks
+                # when it is back); an institution never seen cannot be checked and is not accepted.
+                if all(a in self._profiles for a in addresses) and not fresh:
+                    return {a: self._profiles[a] for a in addresses}
+                raise
             with self._lock:
                 for address, answer in zip(stale, answers, strict=True):
                     _code, _name, signer, status, _credit = answer
@@ -70,7 +77,11 @@ class ChainView:
         if self._rates is None or now - self._rates_at > TARIFF_TTL_SECONDS:
             from medmeter.app.operations import read_tariff
 
-            self._rates, self._rates_at = dict(read_tariff(self.ledger).rates), now
+            try:
+                self._rates, self._rates_at = dict(read_tariff(self.ledger).rates), now
+            except Exception:
+                if self._rates is None:
+                    raise
         return self._rates
 
 
@@ -148,7 +159,10 @@ def check_item(
     expected = profiles[interaction.institution].signer
     if recovered != expected:
         # The signer may have just been rotated: read the registry again before refusing.
-        fresh = view.profiles({interaction.institution}, fresh=True)[interaction.institution]
+        try:
+            fresh = view.profiles({interaction.institution}, fresh=True)[interaction.institution]
+        except Exception:
+            fresh = profiles[interaction.institution]
         if recovered != fresh.signer:
             return Refusal(
                 "InvalidSigner",
