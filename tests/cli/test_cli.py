@@ -361,7 +361,9 @@ def test_balances_table_and_json_agree_with_the_contract(ws: CliWorkspace) -> No
     write_items(path, traffic)
     ws.run("relay", path)
 
-    rows = {row["institution"]: row for row in json.loads(ws.run("balances", "--json").stdout)}
+    answer = json.loads(ws.run("balances", "--json").stdout)
+    assert answer["block"] <= ws.w3().eth.block_number
+    rows = {row["institution"]: row for row in answer["institutions"]}
     ledger = ws.ledger()
     events = ws.recorded()
     assert {a, b} <= set(rows)
@@ -382,7 +384,8 @@ def test_balances_table_and_json_agree_with_the_contract(ws: CliWorkspace) -> No
         assert row["status"] == {1: "active", 2: "suspended"}[status]
     assert rows[b]["counts"]["fetch"] >= 1 and rows[b]["counts"]["exchange"] >= 1
 
-    table = ws.run("balances").lines
+    heading, *table = ws.run("balances").lines
+    assert heading == f"at block {answer['block']}:"
     assert table[0].split()[:4] == ["code", "institution", "status", "balance"]
     for row in rows.values():
         [line] = [line for line in table[2:] if line.split()[0] == row["code"]]
@@ -435,7 +438,7 @@ def test_demo_runs_end_to_end(fresh: CliWorkspace) -> None:
     assert len({(e["institution"], e["nonce"]) for e in events}) == 200
     traffic = read_items(fresh.state_dir / "demo-interactions.jsonl")
     assert sorted(i["data_hash"] for i in traffic) == sorted("0x" + e["dataHash"].hex() for e in events)
-    rows = json.loads(fresh.run("balances", "--json").stdout)
+    rows = json.loads(fresh.run("balances", "--json").stdout)["institutions"]
     assert sum(sum(r["counts"].values()) for r in rows) == 200
     for row in rows:
         assert (row["balance"], row["debt"]) == position(fresh, row["institution"])
