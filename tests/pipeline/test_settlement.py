@@ -275,7 +275,8 @@ def test_cli_report_fails_on_a_tampered_export(known_period, cli_workspace: CliW
 def test_cli_report_needs_a_closed_period(env, cli_workspace: CliWorkspace):
     result = CliRunner().invoke(cli, ["report", "--period", "1"])
     assert result.exit_code != 0
-    assert "period 1 is not closed" in str(result.exception)
+    assert "period 1 is still open" in str(result.exception)
+    assert "medmeter period close" in str(result.exception)
 
 
 def test_names_that_look_like_formulas_stay_text_in_the_csv(known_period, tmp_path):
