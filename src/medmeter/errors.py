@@ -69,6 +69,18 @@ class ChainMovedError(InternalSignal):
     """The chain changed while a chunk was being read (a reorg in flight)."""
 
 
+class EvmVersionError(MedmeterError):
+    """An EVM version medmeter cannot compile for was asked for."""
+
+
+class FundingError(MedmeterError):
+    """An account cannot be given ether on this node: the sentence says how to fund it."""
+
+
+class ContractExecutionError(MedmeterError):
+    """The node ran the ledger's code and it failed (a revert, an invalid opcode): not a node outage."""
+
+
 class TransactionStuckError(MedmeterError):
     """A transaction was not mined despite rebroadcasts and fee-bumped replacements."""
 
@@ -83,15 +95,3 @@ class ServiceError(MedmeterError):
 
 class GatewayUnavailableError(ServiceError):
     """The platform service's gateway cannot be reached (the client keeps the items to send later)."""
-
-
-class EvmVersionError(MedmeterError):
-    """An EVM version medmeter cannot compile for was asked for."""
-
-
-class FundingError(MedmeterError):
-    """An account cannot be given ether on this node: the sentence says how to fund it."""
-
-
-class ContractExecutionError(MedmeterError):
-    """The node ran the ledger's code and it failed (a revert, an invalid opcode): not a node outage."""

@@ -30,7 +30,6 @@ from medmeter.workspace import Workspace
 
 SCRYPT_N_ENV = "MEDMETER_SCRYPT_N"
 OPERATOR_WALLET = "operator"
-DEV_FUNDING_WEI = 10**24
 
 
 @dataclass
@@ -102,17 +101,11 @@ class Session:
         return account
 
     def ensure_funded(self, address: str) -> None:
-        """On a dev node (anvil/ganache) give a key with no ether some, so it can pay for gas."""
-        if self.w3.eth.get_balance(address) > 0:
-            return
-        for method in ("anvil_setBalance", "evm_setAccountBalance"):
-            response = self.w3.provider.make_request(method, [address, hex(DEV_FUNDING_WEI)])  # type: ignore[arg-type]
-            if "error" not in response:
-                return
-        raise WalletError(
-            f"account {address} has no ether on chain {self.w3.eth.chain_id} to pay gas: fund it from the "
-            "node's faucet or an administrator account."
-        )
+        """On a dev node (anvil, Ganache, Hardhat) give a key with no ether some, so it can pay for gas;
+        elsewhere say in one sentence how to fund it (`chain.deployment.fund_account`)."""
+        from medmeter.chain.deployment import fund_account
+
+        fund_account(self.w3, address)
 
     def resolve_address(self, value: str) -> str:
         """An address given as 0x… or as a keystore name."""

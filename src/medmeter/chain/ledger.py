@@ -82,6 +82,36 @@ class Position:
     debt: int
 
 
+# Events that change what an institution is on the ledger (its registration, key, status, credit,
+# nonces), each with `institution` as an indexed argument.
+REGISTRY_EVENTS = (
+    "InstitutionRegistered",
+    "InstitutionSuspended",
+    "InstitutionReinstated",
+    "SignerRotated",
+    "RecoveryStarted",
+    "RecoveryCancelled",
+    "RecoveryCompleted",
+    "CreditLineChanged",
+    "NoncesCancelled",
+)
+
+
+@dataclass(frozen=True)
+class RegistryEvent:
+    block: int
+    log_index: int
+    tx_hash: str
+    name: str
+    args: dict[str, Any]
+
+    def describe(self) -> str:
+        shown = ", ".join(
+            f"{k}={'0x' + v.hex() if isinstance(v, bytes) else v}" for k, v in self.args.items() if k != "institution"
+        )
+        return f"block {self.block}: {self.name}({shown})"
+
+
 class Ledger:
     def __init__(self, w3: Web3, deployment: Deployment, sender: LocalAccount | None = None) -> None:
         self.w3 = w3
@@ -151,6 +181,27 @@ class Ledger:
 
     def revoke_role(self, role: str, account: str) -> TxReceipt:
         return self._transact(self.contract.functions.revokeRole(self.role_id(role), account))
+
+    def registry_history(self, address: str, from_block: int, to_block: BlockIdentifier) -> list[RegistryEvent]:
+        """Every registry event of `address` in the blocks, in chain order."""
+        names = {item["name"] for item in self.deployment.abi if item.get("type") == "event"}
+        found = []
+        for name in REGISTRY_EVENTS:
+            if name not in names:
+                continue
+            event = getattr(self.contract.events, name)
+            logs = event.get_logs(
+                from_block=max(from_block, self.deployment.block),
+                to_block=to_block,
+                argument_filters={"institution": address},
+            )
+            for log in logs:
+                found.append(
+                    RegistryEvent(
+                        log["blockNumber"], log["logIndex"], log["transactionHash"].to_0x_hex(), name, dict(log["args"])
+                    )
+                )
+        return sorted(found, key=lambda e: (e.block, e.log_index))
 
     def role_holders(self, role: str, block: BlockIdentifier = "latest") -> list[str]:
         """Accounts holding ROLE, from the RoleGranted/RoleRevoked events (AccessControl keeps no list)."""

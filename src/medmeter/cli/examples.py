@@ -58,6 +58,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "medmeter verify-statement statement-a.json --ledger 0x5FbDB2315678afecb367f032d93F642f64180aa3",
     ),
     "demo": ("medmeter demo", "medmeter demo --count 200 --seed 11"),
+    "serve": ("medmeter serve --detach", "medmeter --rpc-url http://127.0.0.1:8600 serve --port 8700"),
+    "serve stop": ("medmeter serve stop",),
+    "serve status": ("medmeter serve status",),
+    "submit": ("medmeter submit --gateway http://127.0.0.1:8700 outbox.jsonl",),
+    "status": ("medmeter status --gateway http://127.0.0.1:8700 0x<interaction id>",),
 }
 
 

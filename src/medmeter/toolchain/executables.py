@@ -95,7 +95,7 @@ def install_solcx_shim(workspace: Workspace, target_dir: Path | None = None) -> 
         "  exit 0\n"
         "fi\n"
         f'if [ ! -f "{driver}" ] || [ ! -f "{solcjs}" ]; then\n'
-        f"  echo \"error: {shim} runs solcjs from the medmeter checkout {workspace.root}, which is gone or not "
+        f'  echo "error: {shim} runs solcjs from the medmeter checkout {workspace.root}, which is gone or not '
         'installed: run `make install` (or `medmeter toolchain install`) in the checkout you use." >&2\n'
         "  exit 1\n"
         "fi\n"
