@@ -211,3 +211,21 @@ def rolled_back(base: LedgerEnv) -> Iterator[LedgerEnv]:
         evm_revert(base.w3, snapshot)
         assert base.ledger.transactor is not None
         base.ledger.transactor.reset_nonce()  # the operator's account nonce went back with the chain
+
+
+def rotate_with_consent(env: LedgerEnv, institution: str, current: LocalAccount, new_key: LocalAccount) -> TxReceipt:
+    """Self-rotation: `current` (the signer) signs `SignerRotation`, `new_key` its `SignerAcceptance`; the
+    operator relays it."""
+    from medmeter.consent import signer_acceptance, signer_rotation
+
+    ledger = env.ledger
+    nonce = int(ledger.call(ledger.contract.functions.registryNonce(institution)))
+    by_current = signer_rotation(institution, new_key.address, nonce, FAR_FUTURE, ledger.domain, current)
+    by_new = signer_acceptance(institution, new_key.address, nonce, FAR_FUTURE, ledger.domain, new_key)
+    return ledger.rotate_signer(institution, new_key.address, nonce, FAR_FUTURE, by_current, by_new)
+
+
+def advance_time(w3: Web3, seconds: int) -> None:
+    """Move the chain's clock forward by `seconds` and mine a block at the new time."""
+    w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
