@@ -174,7 +174,7 @@ contract MeteringLedgerExtension is MeteringLedgerBase {
         bytes calldata newSignerSignature
     ) external onlyDelegated onlyRole(RELAYER_ROLE) {
         Profile storage profile = _requireRegistered(account);
-        _checkNewSigner(newSigner);
+        _checkNewSigner(account, newSigner);
         _checkRegistryNonce(account, nonce);
         _checkDeadline(deadline);
         address current = profile.signer;
@@ -205,7 +205,7 @@ contract MeteringLedgerExtension is MeteringLedgerBase {
      */
     function startRecovery(address account, address newSigner) external onlyDelegated onlyRole(REGISTRAR_ROLE) {
         _requireRegistered(account);
-        _checkNewSigner(newSigner);
+        _checkNewSigner(account, newSigner);
         Registry storage registry = _registry[account];
         address pending = registry.pendingSigner;
         if (pending != address(0)) revert RecoveryAlreadyPending(account, pending, registry.recoveryReadyAt);
@@ -250,7 +250,7 @@ contract MeteringLedgerExtension is MeteringLedgerBase {
         if (newSigner == address(0)) revert NoRecoveryPending(account);
         uint256 readyAt = registry.recoveryReadyAt;
         if (block.timestamp < readyAt) revert RecoveryNotReady(account, readyAt, block.timestamp);
-        _checkNewSigner(newSigner); // it may have been taken by another institution meanwhile
+        _checkNewSigner(account, newSigner); // it may have been taken by another institution meanwhile
         registry.pendingSigner = address(0);
         registry.recoveryReadyAt = 0;
         address previous = profile.signer;
