@@ -23,7 +23,7 @@ from medmeter.ledger import Ledger
 from medmeter.operations import apply_default_tariff
 
 INSTITUTIONS = 10
-BATCH_SIZES = (1, 10, 100, 180)
+BATCH_SIZES = (1, 10, 100, 140)  # 140: MAX_BATCH_SIZE
 DEADLINE = 2**40
 SEED = 20261125
 KINDS = (Kind.SYNC, Kind.FETCH, Kind.EXCHANGE)
