@@ -87,9 +87,7 @@ def sign_message(primary: str, message: dict[str, Any], domain: Domain, account:
     return bytes(signed.signature)
 
 
-def registration(
-    institution: str, code: str, name: str, deadline: int, domain: Domain, account: LocalAccount
-) -> bytes:
+def registration(institution: str, code: str, name: str, deadline: int, domain: Domain, account: LocalAccount) -> bytes:
     """The institution key's consent to be registered under `code` and `name` (signed on its own machine)."""
     message = {"institution": institution, "code": code_to_bytes32(code), "name": name, "deadline": deadline}
     return sign_message("Registration", message, domain, account)

@@ -266,7 +266,10 @@ def test_no_account_can_renounce_a_role_for_another(cast: RoleCast, role: str) -
 def test_the_admin_role_cannot_be_granted_or_revoked_directly(cast: RoleCast) -> None:
     functions = cast.env.ledger.contract.functions
     admin_id = cast.role_ids[ADMIN_ROLE]
-    for fn in (functions.grantRole(admin_id, cast.outsider.address), functions.revokeRole(admin_id, cast.env.admin.address)):
+    for fn in (
+        functions.grantRole(admin_id, cast.outsider.address),
+        functions.revokeRole(admin_id, cast.env.admin.address),
+    ):
         error = expect_revert(cast.env.ledger, fn, sender=cast.env.admin.address)
         assert error.error_name == "AccessControlEnforcedDefaultAdminRules"
 

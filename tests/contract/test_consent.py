@@ -105,7 +105,7 @@ def test_the_operator_cannot_rotate_a_clinics_key_to_its_own_and_sign_for_the_cl
     assert positions(env) == before
 
     # 4. the old unilateral call is gone from the ABI
-    assert [e for e in env.artifact.abi if e.get("name") == "rotateSigner"][0]["inputs"][2]["name"] == "nonce"
+    assert next(e for e in env.artifact.abi if e.get("name") == "rotateSigner")["inputs"][2]["name"] == "nonce"
 
 
 def test_a_tariff_change_around_a_relay_refuses_the_signed_interaction_instead_of_repricing_it(

@@ -21,8 +21,6 @@ from medmeter.relay import relay
 from tests.helpers import (
     FAR_FUTURE,
     LedgerEnv,
-    register_with_consent,
-    rotate_with_consent,
     batch_refusal,
     event_args,
     expect_revert,
@@ -30,6 +28,8 @@ from tests.helpers import (
     hex32,
     positions_of,
     rate_of,
+    register_with_consent,
+    rotate_with_consent,
     send_unchecked,
 )
 
