@@ -147,7 +147,8 @@ class Ledger:
     def counters(self, address: str, block: BlockIdentifier = "latest") -> dict[str, int]:
         """Cumulative counters of `address` (`countersOf`) at `block`, by the contract's field names."""
         names = [c["name"] for c in self._counters_abi()]
-        return dict(zip(names, (int(v) for v in self.call(self.contract.functions.countersOf(address), block)), strict=False))
+        values = self.call(self.contract.functions.countersOf(address), block)
+        return dict(zip(names, (int(v) for v in values), strict=True))
 
     def _counters_abi(self) -> list[dict[str, Any]]:
         entry = next(e for e in self.deployment.abi if e.get("name") == "countersOf")
