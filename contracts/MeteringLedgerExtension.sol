@@ -14,6 +14,7 @@ import {MeteringLedgerBase} from "./MeteringLedgerBase.sol";
  * `ExtensionCalledDirectly`, so this contract's own storage is never written.
  */
 contract MeteringLedgerExtension is MeteringLedgerBase {
+    /// @dev This contract's own address, to tell a direct call from a delegated one.
     address private immutable _SELF;
 
     /// @dev Parameters as `MeteringLedger`'s constructor.
@@ -23,6 +24,7 @@ contract MeteringLedgerExtension is MeteringLedgerBase {
         _SELF = address(this);
     }
 
+    /// @dev Runs the function only on the ledger's storage (through its fallback), never on this contract's own.
     modifier onlyDelegated() {
         if (address(this) == _SELF) revert ExtensionCalledDirectly();
         _;
@@ -36,7 +38,7 @@ contract MeteringLedgerExtension is MeteringLedgerBase {
      * @param displayName Display name. Public: an organisation's name, never a person's.
      * @param creditLine Units the institution may be debited beyond its balance.
      * @param deadline Last timestamp at which the consent is valid.
-     * @param signature 65-byte (or EIP-2098 64-byte) signature of the `Registration` by `account`.
+     * @param signature 65-byte signature (r || s || v) of the `Registration` by `account`.
      */
     function registerInstitution(
         address account,
