@@ -140,9 +140,10 @@ interface IMeteringLedger {
     event Paused(address account);
     /// @notice Recording was resumed by `account`.
     event Unpaused(address account);
-    /// @notice Settlement period `period` was closed; it spans blocks `fromBlock`..`toBlock` inclusive and has
-    /// `institutionCount` settlement rows (every institution registered by then).
-    event PeriodClosed(uint256 indexed period, uint256 fromBlock, uint256 toBlock, uint256 institutionCount);
+    /// @notice Settlement period `period` was closed; it spans blocks `fromBlock`..`toBlock` inclusive. Its
+    /// settlement row count (every institution registered by then) is `periodInstitutionCount(period)`.
+    /// @dev The signature is unchanged from version 1, so exporters keyed on its topic keep working.
+    event PeriodClosed(uint256 indexed period, uint256 fromBlock, uint256 toBlock);
     /// @notice Version 1 of period `period`'s settlement root was proposed; final at `finalAt` unless superseded.
     event SettlementProposed(uint256 indexed period, uint256 version, bytes32 root, uint256 rowCount, uint256 finalAt);
     /// @notice A settlement root not yet final was replaced by version `version`, for the reason `reasonHash`

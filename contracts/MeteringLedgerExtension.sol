@@ -132,7 +132,7 @@ contract MeteringLedgerExtension is MeteringLedgerBase {
             PeriodRange({fromBlock: uint64(fromBlock), toBlock: uint64(toBlock), institutionCount: uint64(count)});
         config.currentPeriod = uint64(period + 1);
         config.periodStartBlock = uint64(block.number);
-        emit PeriodClosed(period, fromBlock, toBlock, count);
+        emit PeriodClosed(period, fromBlock, toBlock);
         _applyScheduledTariff();
     }
 

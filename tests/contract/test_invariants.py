@@ -581,7 +581,8 @@ class LedgerMachine(RuleBasedStateMachine):
         [closed] = event_args(self.env.ledger, receipt, "PeriodClosed")
         assert closed["fromBlock"] == self.last_period_end + 1
         assert closed["toBlock"] == receipt["blockNumber"] - 1
-        assert closed["institutionCount"] == len(self.institutions)
+        functions = self.env.ledger.contract.functions
+        assert functions.periodInstitutionCount(closed["period"]).call() == len(self.institutions)
         self.last_period_end = closed["toBlock"]
         self.closed_periods.append((closed["period"], len(self.institutions)))
 
