@@ -18,11 +18,12 @@ from medmeter.app.operations import apply_default_tariff
 from medmeter.chain.deployment import deploy_contract
 from medmeter.chain.ledger import Ledger
 from medmeter.chain.rpc import Transactor
+from medmeter.signing.consent import registration
 from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, InteractionSigner, Kind, SignedInteraction
 from medmeter.toolchain.compiler import Artifact
 
 INSTITUTIONS = 10
-BATCH_SIZES = (1, 10, 100, 180)
+BATCH_SIZES = (1, 10, 100, 140)  # 140: MAX_BATCH_SIZE
 DEADLINE = 2**40
 SEED = 20261125
 KINDS = (Kind.SYNC, Kind.FETCH, Kind.EXCHANGE)
@@ -38,18 +39,23 @@ class GasScenario:
     signers: list[InteractionSigner]
     rng: random.Random
     next_nonce: list[int]
+    rates: dict[int, tuple[int, int]]
 
     def interaction(self, index: int, kind: Kind) -> SignedInteraction:
         who = index % INSTITUTIONS
         counterparty = self.signers[(who + 1) % INSTITUTIONS].address if kind is Kind.EXCHANGE else ZERO_ADDRESS
         nonce = self.next_nonce[who]
         self.next_nonce[who] += 1
+        category = self.rng.randint(1, 7)
+        records = self.rng.randint(1, 20)
+        sync_rate, fetch_rate = self.rates[category]
         interaction = Interaction(
             kind=kind,
             institution=self.signers[who].address,
             counterparty=counterparty,
-            category=self.rng.randint(1, 7),
-            records=self.rng.randint(1, 20),
+            category=category,
+            records=records,
+            units=records * (sync_rate if kind is Kind.SYNC else fetch_rate),
             data_hash="0x" + self.rng.randbytes(32).hex(),
             nonce=nonce,
             deadline=DEADLINE,
@@ -70,13 +76,19 @@ def deploy_scenario(w3: Web3, artifact: Artifact) -> tuple[GasScenario, dict[str
     ledger = Ledger(w3, deployment, admin)
     institutions = [_key(f"institution {i}") for i in range(INSTITUTIONS)]
     for index, account in enumerate(institutions):
-        r = ledger.register(account.address, f"GAS-{index:03d}", f"Gas Clinic {index}", 10**12)
+        code, name = f"GAS-{index:03d}", f"Gas Clinic {index}"
+        consent = registration(account.address, code, name, DEADLINE, ledger.domain, account)
+        r = ledger.register(account.address, code, name, 10**12, DEADLINE, consent)
         gas.setdefault("registerInstitution", r["gasUsed"])
     apply_default_tariff(ledger)
     gas["setRate"] = ledger.set_rate(2, 1, 2, "laboratory")["gasUsed"]
     gas["setPlatformFee"] = ledger.set_platform_fee(500)["gasUsed"]
     signers = [InteractionSigner(ledger.domain, account) for account in institutions]
-    scenario = GasScenario(ledger, signers, random.Random(SEED), [0] * INSTITUTIONS)
+    rates = {}
+    for category in range(1, 8):
+        sync_rate, fetch_rate, _ = ledger.call(ledger.contract.functions.rateOf(category))
+        rates[category] = (int(sync_rate), int(fetch_rate))
+    scenario = GasScenario(ledger, signers, random.Random(SEED), [0] * INSTITUTIONS, rates)
     warm = [scenario.interaction(i, Kind.SYNC) for i in range(INSTITUTIONS)]
     _record(ledger, warm)
     return scenario, gas

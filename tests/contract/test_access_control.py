@@ -4,6 +4,14 @@ The role each function needs is written down here (REQUIRED_ROLE); a test holds 
 so a state-changing function added to the contract without an entry fails the suite instead of escaping it.
 Every function is then called (eth_call) by every kind of account that lacks its role: each institution, an
 outsider, an account holding every other role, and one holder of each other single role.
+
+Functions that need no platform role are in the map too, by what authorises them instead: the
+institution's signer calling directly (SIGNER_ONLY), the signer's EIP-712 signature whoever submits it
+(SIGNATURE_AUTHORISED), the pending admin (PENDING_ADMIN_ONLY), or a recovery's elapsed delay (AFTER_DELAY).
+Each of those is refused to every account holding every platform role.
+
+The admin role is single (AccessControlDefaultAdminRules): the deployer keeps it and gives up its operating
+roles, so "only admin" is the deployer and "every other role" never includes the admin role.
 """
 
 from __future__ import annotations
@@ -22,7 +30,15 @@ from web3.exceptions import ContractCustomError, ContractLogicError
 from medmeter.chain.ledger import ROLES, code_to_bytes32
 from medmeter.signing.interaction import Kind
 from medmeter.toolchain.compiler import Artifact
-from tests.support.chains import LedgerEnv, deploy_env, event_args, expect_revert, hex32, rolled_back
+from tests.support.chains import (
+    LedgerEnv,
+    deploy_env,
+    event_args,
+    expect_revert,
+    hex32,
+    register_with_consent,
+    rolled_back,
+)
 
 ADMIN_ROLE = "DEFAULT_ADMIN_ROLE"
 OPERATING_ROLES = ("REGISTRAR_ROLE", "TARIFF_ROLE", "RELAYER_ROLE", "SETTLER_ROLE", "PAUSER_ROLE")
@@ -35,21 +51,39 @@ REQUIRED_ROLE: dict[str, str] = {
     "registerInstitution": "REGISTRAR_ROLE",
     "suspendInstitution": "REGISTRAR_ROLE",
     "reinstateInstitution": "REGISTRAR_ROLE",
-    "rotateSigner": "REGISTRAR_ROLE",
+    "startRecovery": "REGISTRAR_ROLE",
     "setCreditLine": "REGISTRAR_ROLE",
     "setRate": "TARIFF_ROLE",
     "setPlatformFee": "TARIFF_ROLE",
+    "scheduleRate": "TARIFF_ROLE",
+    "schedulePlatformFee": "TARIFF_ROLE",
     "recordInteraction": "RELAYER_ROLE",
     "recordBatch": "RELAYER_ROLE",
+    "rotateSigner": "RELAYER_ROLE",
     "closePeriod": "SETTLER_ROLE",
     "anchorSettlement": "SETTLER_ROLE",
+    "supersedeSettlement": "SETTLER_ROLE",
+    "recordReversal": "SETTLER_ROLE",
     "pause": "PAUSER_ROLE",
     "unpause": "PAUSER_ROLE",
     "grantRole": ADMIN_ROLE,
     "revokeRole": ADMIN_ROLE,
+    "beginDefaultAdminTransfer": ADMIN_ROLE,
+    "cancelDefaultAdminTransfer": ADMIN_ROLE,
+    "changeDefaultAdminDelay": ADMIN_ROLE,
+    "rollbackDefaultAdminDelay": ADMIN_ROLE,
 }
 # Functions any account may call, but only about itself.
 SELF_ONLY = {"renounceRole"}
+# Only the institution's current signer, calling from its own address.
+SIGNER_ONLY = {"cancelRecovery", "cancelNonces", "fileDispute"}
+# Anyone may submit; the institution's signer's EIP-712 signature is the authority.
+SIGNATURE_AUTHORISED = {"cancelRecoveryBySig", "cancelNoncesBySig", "fileDisputeBySig"}
+# Only the admin-elect, after the transfer delay.
+PENDING_ADMIN_ONLY = {"acceptDefaultAdminTransfer"}
+# Anyone, but only once a recovery's delay has passed.
+AFTER_DELAY = {"completeRecovery"}
+NOT_ROLE_GATED = SELF_ONLY | SIGNER_ONLY | SIGNATURE_AUTHORISED | PENDING_ADMIN_ONLY | AFTER_DELAY
 
 
 @dataclass
@@ -89,13 +123,18 @@ def cast(w3: Web3, artifact: Artifact) -> RoleCast:
     env = deploy_env(w3, artifact)
     functions = env.ledger.contract.functions
     role_ids = {role: getattr(functions, role)().call() for role in ALL_ROLES}
-    only = {role: Account.create() for role in ALL_ROLES}
+    only: dict[str, LocalAccount] = {role: Account.create() for role in OPERATING_ROLES}
+    only[ADMIN_ROLE] = env.admin  # the admin role has a single holder: the deployer, stripped of the others
     all_but = {role: Account.create() for role in ALL_ROLES}
-    for role in ALL_ROLES:
+    for role in OPERATING_ROLES:
         env.ledger.grant_role(client_role_name(role), only[role].address)
-        for other in ALL_ROLES:
+    for role in ALL_ROLES:
+        for other in OPERATING_ROLES:
             if other != role:
                 env.ledger.grant_role(client_role_name(other), all_but[role].address)
+    assert env.ledger.transactor is not None
+    for role in OPERATING_ROLES:
+        env.ledger.transactor.transact(functions.renounceRole(role_ids[role], env.admin.address))
     return RoleCast(env, role_ids, only, all_but, Account.create())
 
 
@@ -152,8 +191,10 @@ def with_plausible_arguments(cast: RoleCast, name: str) -> Any:
 
 def test_the_role_map_covers_exactly_the_state_changing_functions_of_the_abi(cast: RoleCast) -> None:
     in_abi = set(state_changing_functions(cast.env.artifact.abi))
-    assert set(REQUIRED_ROLE) | SELF_ONLY == in_abi
-    assert not set(REQUIRED_ROLE) & SELF_ONLY
+    assert set(REQUIRED_ROLE) | NOT_ROLE_GATED == in_abi
+    assert not set(REQUIRED_ROLE) & NOT_ROLE_GATED
+    groups = [SELF_ONLY, SIGNER_ONLY, SIGNATURE_AUTHORISED, PENDING_ADMIN_ONLY, AFTER_DELAY]
+    assert sum(len(group) for group in groups) == len(NOT_ROLE_GATED)
 
 
 def test_the_client_role_names_are_the_contracts_roles(cast: RoleCast) -> None:
@@ -169,14 +210,16 @@ def test_every_role_is_administered_by_the_admin_role(cast: RoleCast) -> None:
         assert functions.getRoleAdmin(cast.role_ids[role]).call() == cast.role_ids[ADMIN_ROLE]
 
 
-def test_the_deployer_holds_every_role_and_the_cast_holds_what_it_should(cast: RoleCast) -> None:
+def test_the_deployer_holds_only_the_admin_role_and_the_cast_holds_what_it_should(cast: RoleCast) -> None:
     has_role = cast.env.ledger.contract.functions.hasRole
+    assert cast.env.ledger.contract.functions.defaultAdmin().call() == cast.env.admin.address
     for role in ALL_ROLES:
         role_id = cast.role_ids[role]
-        assert has_role(role_id, cast.env.admin.address).call()
+        assert has_role(role_id, cast.env.admin.address).call() == (role == ADMIN_ROLE)
         for other in ALL_ROLES:
             assert has_role(role_id, cast.only[other].address).call() == (other == role)
-            assert has_role(role_id, cast.all_but[other].address).call() == (other != role)
+            expected = other != role and role != ADMIN_ROLE
+            assert has_role(role_id, cast.all_but[other].address).call() == expected
         for account in [*cast.env.institutions, cast.outsider]:
             assert not has_role(role_id, account.address).call()
 
@@ -213,11 +256,94 @@ def test_the_role_alone_is_enough_to_pass_the_role_check(cast: RoleCast, functio
 
 @pytest.mark.parametrize("role", ALL_ROLES)
 def test_no_account_can_renounce_a_role_for_another(cast: RoleCast, role: str) -> None:
-    target = cast.env.admin.address  # holds every role
+    target = cast.only[role].address  # holds the role
+    # The admin cannot even renounce for itself without a scheduled, elapsed transfer (DefaultAdminRules).
+    expected = (
+        ("AccessControlEnforcedDefaultAdminDelay", {"schedule": 0})
+        if role == ADMIN_ROLE
+        else ("AccessControlBadConfirmation", {})
+    )
     for label, caller in cast.every_account().items():
+        if caller == target and role != ADMIN_ROLE:
+            continue  # renouncing one's own role is allowed (tested below)
         fn = cast.env.ledger.contract.functions.renounceRole(cast.role_ids[role], target)
         error = expect_revert(cast.env.ledger, fn, sender=caller)
-        assert (error.error_name, error.error_args) == ("AccessControlBadConfirmation", {}), label
+        assert (error.error_name, error.error_args) == expected, label
+
+
+def test_the_admin_role_cannot_be_granted_or_revoked_directly(cast: RoleCast) -> None:
+    functions = cast.env.ledger.contract.functions
+    admin_id = cast.role_ids[ADMIN_ROLE]
+    for fn in (
+        functions.grantRole(admin_id, cast.outsider.address),
+        functions.revokeRole(admin_id, cast.env.admin.address),
+    ):
+        error = expect_revert(cast.env.ledger, fn, sender=cast.env.admin.address)
+        assert error.error_name == "AccessControlEnforcedDefaultAdminRules"
+
+
+@pytest.mark.parametrize("function_name", sorted(SIGNER_ONLY))
+def test_signer_only_functions_refuse_every_account_but_the_institutions_signer(
+    cast: RoleCast, function_name: str
+) -> None:
+    """The institution's own calls: every platform role together is not enough; its signer passes the check."""
+    institution = cast.env.institutions[1]  # plausible_value names institutions[1] for every address input
+    callers = {label: a for label, a in cast.every_account().items() if a != institution.address}
+    for label, caller in callers.items():
+        error = expect_revert(cast.env.ledger, with_plausible_arguments(cast, function_name), sender=caller)
+        assert (error.error_name, error.error_args["caller"]) == ("NotInstitutionSigner", caller), label
+    try:
+        with_plausible_arguments(cast, function_name).call({"from": institution.address})
+    except (ContractCustomError, ContractLogicError) as exc:
+        error = cast.env.ledger.errors.from_exception(exc)
+        assert error.error_name not in ("NotInstitutionSigner", "Unknown"), str(error)
+
+
+@pytest.mark.parametrize("function_name", sorted(SIGNATURE_AUTHORISED))
+def test_signature_authorised_functions_refuse_a_signature_not_by_the_institutions_signer(
+    cast: RoleCast, function_name: str
+) -> None:
+    """Submitted by an account holding every platform role, a signature made by any other key is refused."""
+    from medmeter.signing.consent import sign_message
+
+    env = cast.env
+    institution = env.institutions[1]
+    entry = state_changing_functions(env.artifact.abi)[function_name]
+    arguments = [plausible_value(i, cast) for i in entry["inputs"]]
+    names = [i["name"] for i in entry["inputs"]]
+    arguments[names.index("deadline")] = 2**40
+    primary, fields = {
+        "cancelRecoveryBySig": ("RecoveryCancellation", {"newSigner": "0x" + "00" * 20, "nonce": 1}),
+        "cancelNoncesBySig": ("NonceCancellation", {"wordIndex": 1, "mask": 1}),
+        "fileDisputeBySig": (
+            "Dispute",
+            {"period": 1, "interactionDigest": arguments[2], "reasonHash": arguments[3]},
+        ),
+    }[function_name]
+    message = {"institution": institution.address, **fields, "deadline": 2**40}
+    for forger in (env.admin, cast.all_but[ADMIN_ROLE], cast.outsider):
+        arguments[names.index("signature")] = sign_message(primary, message, env.ledger.domain, forger)
+        fn = getattr(env.ledger.contract.functions, function_name)(*arguments)
+        if function_name == "cancelRecoveryBySig":
+            arguments[names.index("nonce")] = 0  # the registry nonce is checked before the signature
+            fn = getattr(env.ledger.contract.functions, function_name)(*arguments)
+        error = expect_revert(env.ledger, fn, sender=cast.all_but[ADMIN_ROLE].address)
+        assert error.error_name == "InvalidMessageSigner", (forger.address, error)
+        assert error.error_args["expected"] == institution.address
+
+
+def test_accepting_the_admin_role_needs_a_pending_transfer_to_the_caller(cast: RoleCast) -> None:
+    fn = cast.env.ledger.contract.functions.acceptDefaultAdminTransfer()
+    for label, caller in cast.every_account().items():
+        error = expect_revert(cast.env.ledger, fn, sender=caller)
+        assert error.error_name == "AccessControlInvalidDefaultAdmin", label
+
+
+def test_completing_a_recovery_needs_one_pending(cast: RoleCast) -> None:
+    fn = with_plausible_arguments(cast, "completeRecovery")
+    for label, caller in cast.every_account().items():
+        error = expect_revert(cast.env.ledger, fn, sender=caller)
+        assert error.error_name == "NoRecoveryPending", label
 
 
 # --------------------------------------------------------------------------- granting, revoking, renouncing
@@ -234,9 +360,9 @@ def test_the_admin_grants_and_revokes_a_role(cast: RoleCast, env: LedgerEnv) -> 
     ]
     assert functions.hasRole(role_id, registrar.address).call()
     as_registrar = env.as_account(registrar)
-    newcomer = Account.create().address
-    as_registrar.register(newcomer, "GRANTED-1", "Registered by a granted registrar", 5)
-    assert env.ledger.institution(newcomer).status == "active"
+    newcomer = Account.create()
+    register_with_consent(as_registrar, newcomer, "GRANTED-1", "Registered by a granted registrar", 5)
+    assert env.ledger.institution(newcomer.address).status == "active"
 
     assert env.ledger.transactor is not None
     receipt = env.ledger.transactor.transact(functions.revokeRole(role_id, registrar.address))
@@ -244,7 +370,7 @@ def test_the_admin_grants_and_revokes_a_role(cast: RoleCast, env: LedgerEnv) -> 
         {"role": role_id, "account": registrar.address, "sender": env.admin.address}
     ]
     assert not functions.hasRole(role_id, registrar.address).call()
-    fn = functions.registerInstitution(Account.create().address, code_to_bytes32("REVOKED-1"), "x", 1)
+    fn = functions.registerInstitution(Account.create().address, code_to_bytes32("REVOKED-1"), "x", 1, 2**40, b"")
     error = expect_revert(env.ledger, fn, sender=registrar.address)
     assert (error.error_name, error.error_args) == (
         "AccessControlUnauthorizedAccount",
@@ -269,22 +395,28 @@ def test_an_account_renounces_its_own_role(cast: RoleCast, env: LedgerEnv) -> No
     assert error.error_name == "AccessControlUnauthorizedAccount"
 
 
-def test_the_admin_role_can_be_handed_over(cast: RoleCast, env: LedgerEnv) -> None:
+def test_the_admin_role_is_handed_over_in_two_steps_after_the_delay(cast: RoleCast, env: LedgerEnv) -> None:
     successor = Account.create()
     admin_id = cast.role_ids[ADMIN_ROLE]
     functions = env.ledger.contract.functions
-    env.ledger.grant_role("admin", successor.address)
+    delay = functions.defaultAdminDelay().call()
+    assert delay > 0
     assert env.ledger.transactor is not None
-    env.ledger.transactor.transact(functions.renounceRole(admin_id, env.admin.address))
+    env.ledger.transactor.transact(functions.beginDefaultAdminTransfer(successor.address))
+    as_successor = env.as_account(successor)
+    assert as_successor.transactor is not None
+    error = expect_revert(env.ledger, functions.acceptDefaultAdminTransfer(), sender=successor.address)
+    assert error.error_name == "AccessControlEnforcedDefaultAdminDelay"  # not before the delay
+    env.w3.provider.make_request("evm_increaseTime", [delay + 1])  # type: ignore[arg-type]
+    env.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    as_successor.transactor.transact(functions.acceptDefaultAdminTransfer())
 
+    assert functions.defaultAdmin().call() == successor.address
     assert not functions.hasRole(admin_id, env.admin.address).call()
     error = expect_revert(env.ledger, functions.grantRole(cast.role_ids["PAUSER_ROLE"], env.admin.address))
     assert (error.error_name, error.error_args) == (
         "AccessControlUnauthorizedAccount",
         {"account": env.admin.address, "neededRole": hex32(admin_id)},
     )
-    as_successor = env.as_account(successor)
     as_successor.grant_role("pauser", cast.outsider.address)
     assert functions.hasRole(cast.role_ids["PAUSER_ROLE"], cast.outsider.address).call()
-    # the former admin keeps its operating roles: renouncing one role does not touch the others
-    assert functions.hasRole(cast.role_ids["REGISTRAR_ROLE"], env.admin.address).call()

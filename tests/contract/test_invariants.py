@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from web3 import Web3
 
 from medmeter.relay.engine import relay
+from medmeter.signing import consent
 from medmeter.signing.interaction import (
     ZERO_ADDRESS,
     Interaction,
@@ -34,12 +35,15 @@ from medmeter.toolchain.compiler import Artifact
 from tests.support.chains import (
     FAR_FUTURE,
     LedgerEnv,
+    advance_time,
     batch_refusal,
     deploy_env,
     event_args,
     evm_revert,
     evm_snapshot,
     expect_revert,
+    register_with_consent,
+    rotate_with_consent,
     send_unchecked,
 )
 from tests.support.reference_decoder import iter_interactions, tally
@@ -62,6 +66,7 @@ CATEGORIES_IN_PLAY = range(1, 10)  # the default tariff's categories and a coupl
 #   duplicate             the previous item of the same relay call, handed over twice
 #   huge                  a debit of 100,000 records, beyond any credit line given here
 #   unregistered_provider an exchange whose provider is not registered
+#   mispriced             signed units one more than records x rate (refused: the institution signs the price)
 # Items of suspended institutions, undefined categories and debits past the line arise from the state.
 FLAWS = (
     "wrong_signer",
@@ -72,6 +77,7 @@ FLAWS = (
     "duplicate",
     "huge",
     "unregistered_provider",
+    "mispriced",
 )
 
 
@@ -89,6 +95,11 @@ class InstitutionModel:
     retired_signers: list[LocalAccount] = field(default_factory=list)
     used_nonces: set[int] = field(default_factory=set)
     next_nonce: int = 0
+    registry_nonce: int = 0
+    pending_recovery: LocalAccount | None = None
+    cancelled_nonces: set[int] = field(default_factory=set)
+    # who signed each recorded interaction of this institution, by nonce
+    signed_by: dict[int, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -183,6 +194,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.last_period_end = ledger.deployment.block - 1
         self.codes = count()
         self._chain_cache: tuple[int, dict[str, Any]] | None = None
+        self.closed_periods: list[tuple[int, int]] = []
+        self.anchored: dict[int, list[bytes]] = {}
+        self.checked_signers: set[tuple[str, int, int]] = set()
 
     def teardown(self) -> None:
         evm_revert(self.w3, self.snapshot)
@@ -233,10 +247,26 @@ class LedgerMachine(RuleBasedStateMachine):
             records = 100_000
         elif spec.flaw == "unregistered_provider":
             counterparty = self.outsiders[spec.counterparty % len(self.outsiders)].address
+        units = self.price(kind, spec.category, records) + (1 if spec.flaw == "mispriced" else 0)
         interaction = Interaction(
-            kind, institution, counterparty, spec.category, records, "0x" + f"{spec.records:064x}", nonce, deadline
+            kind,
+            institution,
+            counterparty,
+            spec.category,
+            records,
+            units,
+            "0x" + f"{spec.records:064x}",
+            nonce,
+            deadline,
         )
         return self.sign(interaction, signer)
+
+    def price(self, kind: Kind, category: int, records: int) -> int:
+        """The units an institution signs: records x the rate in force (0 for a category without one)."""
+        if category not in self.rates:
+            return 0
+        sync_rate, fetch_rate = self.rates[category]
+        return records * (sync_rate if kind is Kind.SYNC else fetch_rate)
 
     def refusal(self, item: SignedInteraction) -> str | None:
         """The custom error the contract refuses `item` with in the model's current state, in the contract's
@@ -261,6 +291,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return "NonceAlreadyUsed"
         if it.category not in self.rates:
             return "UnknownCategory"
+        if it.units != self.price(it.kind, it.category, it.records):
+            return "UnitsMismatch"
         if it.kind is not Kind.SYNC:
             units = it.records * self.rates[it.category][1]
             burned = min(units, actor.balance)
@@ -280,6 +312,7 @@ class LedgerMachine(RuleBasedStateMachine):
         actor = self.by_address(it.institution)
         assert actor is not None
         actor.used_nonces.add(it.nonce)
+        actor.signed_by[it.nonce] = actor.signer.address
         sync_rate, fetch_rate = self.rates[it.category]
         if it.kind is Kind.SYNC:
             self.credit(actor, it.records * sync_rate)
@@ -329,7 +362,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(credit_line=st.integers(0, 2_000))
     def register(self, credit_line: int) -> None:
         account = Account.create()
-        receipt = self.env.ledger.register(account.address, f"M-{next(self.codes):04d}", "Model clinic", credit_line)
+        receipt = register_with_consent(
+            self.env.ledger, account, f"M-{next(self.codes):04d}", "Model clinic", credit_line
+        )
         assert len(event_args(self.env.ledger, receipt, "InstitutionRegistered")) == 1
         self.institutions.append(InstitutionModel(account, account, credit_line, debt_ceiling=credit_line))
 
@@ -357,11 +392,98 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(pick=st.integers(0, 63))
     def rotate_signer(self, pick: int) -> None:
+        """Self-rotation, signed by the current signer and the new key; cancels a pending recovery."""
         institution = self.pick(pick)
         new_signer = Account.create()
-        self.env.ledger.rotate_signer(institution.address, new_signer.address)
+        rotate_with_consent(self.env, institution.address, institution.signer, new_signer)
         institution.retired_signers.append(institution.signer)
         institution.signer = new_signer
+        institution.registry_nonce += 1
+        institution.pending_recovery = None
+
+    @rule(pick=st.integers(0, 63))
+    def operator_tries_to_rotate(self, pick: int) -> None:
+        """The operator signs a rotation to its own key: refused, nothing changes."""
+        institution = self.pick(pick)
+        stolen = Account.create()
+        ledger = self.env.ledger
+        nonce = institution.registry_nonce
+        forged = consent.signer_rotation(
+            institution.address, stolen.address, nonce, FAR_FUTURE, ledger.domain, self.env.admin
+        )
+        proof = consent.signer_acceptance(institution.address, stolen.address, nonce, FAR_FUTURE, ledger.domain, stolen)
+        fn = ledger.contract.functions.rotateSigner(
+            institution.address, stolen.address, nonce, FAR_FUTURE, forged, proof
+        )
+        assert expect_revert(ledger, fn).error_name == "InvalidMessageSigner"
+
+    @rule(pick=st.integers(0, 63))
+    def start_recovery(self, pick: int) -> None:
+        institution = self.pick(pick)
+        functions = self.env.ledger.contract.functions
+        new_signer = Account.create()
+        if institution.pending_recovery is not None:
+            fn = functions.startRecovery(institution.address, new_signer.address)
+            assert expect_revert(self.env.ledger, fn).error_name == "RecoveryAlreadyPending"
+            return
+        self.env.ledger.transactor.transact(functions.startRecovery(institution.address, new_signer.address))  # type: ignore[union-attr]
+        institution.pending_recovery = new_signer
+
+    @rule(pick=st.integers(0, 63), cancel=st.booleans())
+    def finish_recovery(self, pick: int, cancel: bool) -> None:
+        """The signer cancels a pending recovery, or it completes after its delay; nothing moves either way."""
+        institution = self.pick(pick)
+        functions = self.env.ledger.contract.functions
+        if institution.pending_recovery is None:
+            assert expect_revert(self.env.ledger, functions.completeRecovery(institution.address)).error_name == (
+                "NoRecoveryPending"
+            )
+            return
+        if cancel:
+            signer_ledger = self.env.as_account(institution.signer)
+            signer_ledger.transactor.transact(functions.cancelRecovery(institution.address))  # type: ignore[union-attr]
+            institution.registry_nonce += 1
+        else:
+            assert expect_revert(self.env.ledger, functions.completeRecovery(institution.address)).error_name == (
+                "RecoveryNotReady"
+            )
+            advance_time(self.w3, functions.RECOVERY_DELAY().call() + 1)
+            self.env.ledger.transactor.transact(functions.completeRecovery(institution.address))  # type: ignore[union-attr]
+            institution.retired_signers.append(institution.signer)
+            institution.signer = institution.pending_recovery
+            institution.registry_nonce += 1
+        institution.pending_recovery = None
+
+    @rule(pick=st.integers(0, 63), width=st.integers(1, 5), by_signature=st.booleans())
+    def cancel_nonces(self, pick: int, width: int, by_signature: bool) -> None:
+        """The institution cancels its next `width` nonces, unrelayed; an interaction under one is refused."""
+        institution = self.pick(pick)
+        ledger = self.env.ledger
+        nonces = [self.fresh_nonce(institution) for _ in range(width)]
+        for word, mask in consent.nonce_masks(nonces).items():
+            if by_signature:
+                signature = consent.nonce_cancellation(
+                    institution.address, word, mask, FAR_FUTURE, ledger.domain, institution.signer
+                )
+                fn = ledger.contract.functions.cancelNoncesBySig(institution.address, word, mask, FAR_FUTURE, signature)
+                ledger.transactor.transact(fn)  # type: ignore[union-attr]
+            else:
+                fn = ledger.contract.functions.cancelNonces(institution.address, word, mask)
+                self.env.as_account(institution.signer).transactor.transact(fn)  # type: ignore[union-attr]
+        institution.cancelled_nonces.update(nonces)
+        interaction = Interaction(
+            Kind.SYNC,
+            institution.address,
+            ZERO_ADDRESS,
+            1,
+            1,
+            self.price(Kind.SYNC, 1, 1),
+            "0x" + "66" * 32,
+            nonces[0],
+            FAR_FUTURE,
+        )
+        expected = self.refusal(self.sign(interaction, institution.signer)) or "NonceAlreadyUsed"
+        assert batch_refusal(self.env, self.sign(interaction, institution.signer)).error_name == expected
 
     @rule(pick=st.integers(0, 63), credit_line=st.integers(0, 2_000))
     def set_credit_line(self, pick: int, credit_line: int) -> None:
@@ -440,7 +562,15 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         nonce = max(institution.used_nonces)
         interaction = Interaction(
-            Kind.SYNC, institution.address, ZERO_ADDRESS, 1, 1, "0x" + "77" * 32, nonce, FAR_FUTURE
+            Kind.SYNC,
+            institution.address,
+            ZERO_ADDRESS,
+            1,
+            1,
+            self.price(Kind.SYNC, 1, 1),
+            "0x" + "77" * 32,
+            nonce,
+            FAR_FUTURE,
         )
         item = self.sign(interaction, institution.signer)
         expected = self.refusal(item)
@@ -457,7 +587,41 @@ class LedgerMachine(RuleBasedStateMachine):
         [closed] = event_args(self.env.ledger, receipt, "PeriodClosed")
         assert closed["fromBlock"] == self.last_period_end + 1
         assert closed["toBlock"] == receipt["blockNumber"] - 1
+        functions = self.env.ledger.contract.functions
+        assert functions.periodInstitutionCount(closed["period"]).call() == len(self.institutions)
         self.last_period_end = closed["toBlock"]
+        self.closed_periods.append((closed["period"], len(self.institutions)))
+
+    @rule(seed=st.integers(0, 2**32), supersede=st.booleans())
+    def anchor_root_versions(self, seed: int, supersede: bool) -> None:
+        """Anchor the latest closed period (version 1), optionally supersede it; every version stays readable."""
+        unanchored = [(p, n) for p, n in self.closed_periods if p not in self.anchored]
+        if not unanchored:
+            return
+        period, rows = unanchored[-1]
+        functions = self.env.ledger.contract.functions
+        transactor = self.env.ledger.transactor
+        assert transactor is not None
+        wrong_count = functions.anchorSettlement(period, keccak(text=f"{seed}"), rows + 1)
+        assert expect_revert(self.env.ledger, wrong_count).error_name == "SettlementRowCountMismatch"
+        roots = [keccak(text=f"root {seed} v1")]
+        transactor.transact(functions.anchorSettlement(period, roots[0], rows))
+        if supersede:
+            roots.append(keccak(text=f"root {seed} v2"))
+            transactor.transact(functions.supersedeSettlement(period, roots[1], rows, keccak(text="reason")))
+        self.anchored[period] = roots
+        for version, root in enumerate(roots, 1):
+            assert functions.settlementVersion(period, version).call()[0] == root
+        assert functions.settlementRoot(period).call() == roots[-1]
+
+    @rule(pick=st.integers(0, 63))
+    def dispute(self, pick: int) -> None:
+        institution = self.pick(pick)
+        functions = self.env.ledger.contract.functions
+        period = functions.currentPeriod().call()[0]
+        fn = functions.fileDispute(institution.address, period, keccak(text="an interaction"), keccak(text="why"))
+        receipt = self.env.as_account(institution.signer).transactor.transact(fn)  # type: ignore[union-attr]
+        assert len(event_args(self.env.ledger, receipt, "DisputeFiled")) == 1
 
     @rule(specs=st.lists(item_specs(st.one_of(st.none(), st.sampled_from(FLAWS))), min_size=1, max_size=2))
     def pause_then_unpause(self, specs: list[ItemSpec]) -> None:
@@ -499,6 +663,27 @@ class LedgerMachine(RuleBasedStateMachine):
         keys = [(event.institution, event.nonce) for event in self.read_chain()["events"]]
         assert len(keys) == len(set(keys))
         assert set(keys) == {(i.address, nonce) for i in self.institutions for nonce in i.used_nonces}
+
+    @invariant()
+    def every_recorded_interaction_was_signed_by_the_institutions_signer_at_its_block(self) -> None:
+        """No position changes except through an interaction signed by the institution's signer at that block:
+        positions equal the model (above), which moves only on accepted items, and each recorded event's
+        signer (known to the model) is the signer the chain held for the institution at the event's block."""
+        functions = self.env.ledger.contract.functions
+        for event in self.read_chain()["events"]:
+            if (event.institution, event.nonce, event.block_number) in self.checked_signers:
+                continue
+            holder = self.by_address(event.institution)
+            assert holder is not None, event
+            on_chain = functions.institution(event.institution).call(block_identifier=event.block_number)[2]
+            assert holder.signed_by[event.nonce] == on_chain, (event, on_chain)
+            self.checked_signers.add((event.institution, event.nonce, event.block_number))
+
+    @invariant()
+    def cancelled_nonces_are_never_recorded(self) -> None:
+        recorded = {(e.institution, e.nonce) for e in self.read_chain()["events"]}
+        for institution in self.institutions:
+            assert not {(institution.address, n) for n in institution.cancelled_nonces} & recorded
 
     @invariant()
     def total_supply_is_the_sum_of_balances(self) -> None:

@@ -14,11 +14,12 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3.types import TxReceipt
 
-from medmeter.chain.ledger import Ledger, batch_gas_limit, code_to_bytes32
+from medmeter.chain.ledger import TRANSACTION_GAS_CAP, Ledger, batch_gas_limit, code_to_bytes32
 from medmeter.errors import LedgerRevertError
 from medmeter.relay.engine import relay
 from medmeter.signing.interaction import ZERO_ADDRESS, Kind, SignedInteraction
 from tests.support.chains import (
+    FAR_FUTURE,
     LedgerEnv,
     batch_refusal,
     event_args,
@@ -27,11 +28,23 @@ from tests.support.chains import (
     hex32,
     positions_of,
     rate_of,
+    register_with_consent,
+    rotate_with_consent,
     send_unchecked,
 )
 
 CATEGORY = 2  # any category the default tariff defines; every expectation reads its rates from the chain
 UNDEFINED_CATEGORY = 999  # the default tariff defines a handful of small ids, never this one
+
+
+def registration_fn(env: LedgerEnv, account: LocalAccount, code: str, name: str = "x", credit_line: int = 1) -> Any:
+    """`registerInstitution` for `account` with its valid consent (so a refusal is about something else)."""
+    from medmeter.signing.consent import registration
+
+    signature = registration(account.address, code, name, FAR_FUTURE, env.ledger.domain, account)
+    return env.ledger.contract.functions.registerInstitution(
+        account.address, code_to_bytes32(code), name, credit_line, FAR_FUTURE, signature
+    )
 
 
 def constant(env: LedgerEnv, name: str) -> int:
@@ -355,7 +368,7 @@ def test_a_batch_emits_one_net_transfer_per_institution_equal_to_its_balance_cha
 def test_a_batch_touching_many_institutions_keeps_transfers_and_total_supply_exact(env: LedgerEnv) -> None:
     extra = [Account.create() for _ in range(45)]
     for index, account in enumerate(extra):
-        env.ledger.register(account.address, f"MANY-{index:03d}", f"Many {index}", 10_000)
+        register_with_consent(env.ledger, account, f"MANY-{index:03d}", f"Many {index}", 10_000)
     everyone = [*env.institutions, *extra]
     addresses = [account.address for account in everyone]
     credit(env, everyone[0], records=50)
@@ -421,7 +434,7 @@ def test_units_cannot_be_transferred_or_approved(env: LedgerEnv, call: Callable[
 def test_register_stores_the_profile_and_indexes_it(env: LedgerEnv) -> None:
     newcomer = Account.create()
     count_before = env.ledger.call(env.ledger.contract.functions.institutionCount())
-    receipt = env.ledger.register(newcomer.address, "NEW-001", "Newcomer Clinic", 4_321)
+    receipt = register_with_consent(env.ledger, newcomer, "NEW-001", "Newcomer Clinic", 4_321)
 
     [registered] = event_args(env.ledger, receipt, "InstitutionRegistered")
     assert registered == {
@@ -447,15 +460,14 @@ def test_register_stores_the_profile_and_indexes_it(env: LedgerEnv) -> None:
 
 def test_registering_an_address_twice_is_refused(env: LedgerEnv) -> None:
     clinic = env.institutions[0]
-    fn = env.ledger.contract.functions.registerInstitution(clinic.address, code_to_bytes32("OTHER"), "x", 1)
+    fn = registration_fn(env, clinic, "OTHER")
     error = expect_revert(env.ledger, fn)
     assert (error.error_name, error.error_args) == ("InstitutionAlreadyRegistered", {"institution": clinic.address})
 
 
 def test_registering_a_taken_code_is_refused_naming_the_holder(env: LedgerEnv) -> None:
     holder = env.institutions[1]
-    code = code_to_bytes32(env.ledger.institution(holder.address).code)
-    fn = env.ledger.contract.functions.registerInstitution(Account.create().address, code, "x", 1)
+    fn = registration_fn(env, Account.create(), env.ledger.institution(holder.address).code)
     error = expect_revert(env.ledger, fn)
     assert error.error_name == "InstitutionCodeTaken"
     # codes are shown as the text they were registered as, not as bytes32 hex
@@ -464,17 +476,20 @@ def test_registering_a_taken_code_is_refused_naming_the_holder(env: LedgerEnv) -
 
 def test_registering_the_zero_address_or_an_empty_code_is_refused(env: LedgerEnv) -> None:
     functions = env.ledger.contract.functions
-    error = expect_revert(env.ledger, functions.registerInstitution(ZERO_ADDRESS, code_to_bytes32("Z"), "x", 1))
+    fn = functions.registerInstitution(ZERO_ADDRESS, code_to_bytes32("Z"), "x", 1, FAR_FUTURE, b"\0" * 65)
+    error = expect_revert(env.ledger, fn)
     assert (error.error_name, error.error_args) == ("InvalidInstitutionAddress", {"institution": ZERO_ADDRESS})
-    error = expect_revert(env.ledger, functions.registerInstitution(Account.create().address, b"\0" * 32, "x", 1))
+    newcomer = Account.create()
+    fn = functions.registerInstitution(newcomer.address, b"\0" * 32, "x", 1, FAR_FUTURE, b"\0" * 65)
+    error = expect_revert(env.ledger, fn)
     assert (error.error_name, error.error_args) == ("InvalidInstitutionCode", {"code": hex32(b"\0" * 32)})
 
 
 def test_registering_an_address_that_signs_for_another_institution_is_refused(env: LedgerEnv) -> None:
     clinic = env.institutions[0]
     new_key = Account.create()
-    env.ledger.rotate_signer(clinic.address, new_key.address)
-    fn = env.ledger.contract.functions.registerInstitution(new_key.address, code_to_bytes32("KEY"), "x", 1)
+    rotate_with_consent(env, clinic.address, clinic, new_key)
+    fn = registration_fn(env, new_key, "KEY")
     error = expect_revert(env.ledger, fn)
     assert error.error_name == "SignerAlreadyInUse"
     assert error.error_args == {"signer": new_key.address, "institution": clinic.address}
@@ -499,14 +514,17 @@ def test_suspend_and_reinstate_change_the_status_and_refuse_repeats(env: LedgerE
     assert error.error_args == {"institution": clinic.address, "status": "active"}
 
 
-@pytest.mark.parametrize("function", ["suspendInstitution", "reinstateInstitution", "setCreditLine", "rotateSigner"])
+@pytest.mark.parametrize(
+    "function", ["suspendInstitution", "reinstateInstitution", "setCreditLine", "rotateSigner", "startRecovery"]
+)
 def test_registry_changes_to_an_unregistered_address_are_refused(env: LedgerEnv, function: str) -> None:
     stranger = Account.create().address
     arguments = {
         "suspendInstitution": (stranger,),
         "reinstateInstitution": (stranger,),
         "setCreditLine": (stranger, 10),
-        "rotateSigner": (stranger, Account.create().address),
+        "rotateSigner": (stranger, Account.create().address, 0, FAR_FUTURE, b"\0" * 65, b"\0" * 65),
+        "startRecovery": (stranger, Account.create().address),
     }[function]
     error = expect_revert(env.ledger, getattr(env.ledger.contract.functions, function)(*arguments))
     assert (error.error_name, error.error_args) == ("InstitutionNotRegistered", {"institution": stranger})
@@ -567,7 +585,7 @@ def test_after_rotation_the_old_key_is_refused_and_the_new_key_signs_for_the_sam
     signed_before_rotation = env.signed(Kind.SYNC, clinic, records=4)  # signed but not yet relayed
     new_key = Account.create()
 
-    receipt = env.ledger.rotate_signer(clinic.address, new_key.address)
+    receipt = rotate_with_consent(env, clinic.address, clinic, new_key)
 
     assert event_args(env.ledger, receipt, "SignerRotated") == [
         {"institution": clinic.address, "previousSigner": clinic.address, "newSigner": new_key.address}
@@ -597,20 +615,24 @@ def test_after_rotation_the_old_key_is_refused_and_the_new_key_signs_for_the_sam
 def test_rotating_to_a_signer_already_in_use_is_refused(env: LedgerEnv) -> None:
     clinic, other = env.institutions[0], env.institutions[1]
     functions = env.ledger.contract.functions
-    error = expect_revert(env.ledger, functions.rotateSigner(clinic.address, other.address))
+
+    def rotation(new_signer: str) -> Any:
+        return functions.rotateSigner(clinic.address, new_signer, 0, FAR_FUTURE, b"\0" * 65, b"\0" * 65)
+
+    error = expect_revert(env.ledger, rotation(other.address))
     assert error.error_name == "SignerAlreadyInUse"
     assert error.error_args == {"signer": other.address, "institution": other.address}
-    error = expect_revert(env.ledger, functions.rotateSigner(clinic.address, clinic.address))
+    error = expect_revert(env.ledger, rotation(clinic.address))
     assert error.error_args == {"signer": clinic.address, "institution": clinic.address}
-    error = expect_revert(env.ledger, functions.rotateSigner(clinic.address, ZERO_ADDRESS))
-    assert (error.error_name, error.error_args) == ("InvalidInstitutionAddress", {"institution": ZERO_ADDRESS})
+    error = expect_revert(env.ledger, rotation(ZERO_ADDRESS))
+    assert (error.error_name, error.error_args) == ("InvalidSignerAddress", {"signer": ZERO_ADDRESS})
 
 
 def test_a_rotated_out_key_can_be_rotated_back_in(env: LedgerEnv) -> None:
     clinic = env.institutions[0]
     new_key = Account.create()
-    env.ledger.rotate_signer(clinic.address, new_key.address)
-    env.ledger.rotate_signer(clinic.address, clinic.address)
+    rotate_with_consent(env, clinic.address, clinic, new_key)
+    rotate_with_consent(env, clinic.address, new_key, clinic)
     env.record(env.signed(Kind.SYNC, clinic))
     error = batch_refusal(env, env.signed(Kind.SYNC, clinic, signer=new_key))
     assert error.error_name == "InvalidSigner"
@@ -868,7 +890,7 @@ def test_pause_blocks_recording_but_not_the_registry_tariff_or_settlement(env: L
     assert expect_revert(env.ledger, functions.pause()).error_name == "EnforcedPause"
 
     newcomer = Account.create()
-    env.ledger.register(newcomer.address, "PAUSED-REG", "Registered while paused", 10)
+    register_with_consent(env.ledger, newcomer, "PAUSED-REG", "Registered while paused", 10)
     env.ledger.suspend(env.institutions[1].address)
     env.ledger.set_rate(CATEGORY, 4, 6, "laboratory")
     env.ledger.close_period()
@@ -876,6 +898,9 @@ def test_pause_blocks_recording_but_not_the_registry_tariff_or_settlement(env: L
     receipt = env.ledger.unpause()
     assert event_args(env.ledger, receipt, "Unpaused") == [{"account": env.admin.address}]
     assert expect_revert(env.ledger, functions.unpause()).error_name == "ExpectedPause"
+    # the clinic signed at the old rate: it signs again at the new one
+    assert batch_refusal(env, item).error_name == "UnitsMismatch"
+    item = env.signed(Kind.SYNC, clinic)
     env.record(item)
     assert balance(env, clinic) == item.interaction.records * rate_of(env.ledger, CATEGORY)[0]
 
@@ -897,6 +922,7 @@ def test_close_period_emits_contiguous_ranges_ending_the_block_before_the_close(
             "fromBlock": previous_to + 1,
             "toBlock": receipt["blockNumber"] - 1,
         }
+        assert ledger.call(ledger.contract.functions.periodInstitutionCount(expected_period)) == len(env.institutions)
         assert ledger.period_range(expected_period) == (closed["fromBlock"], closed["toBlock"])
         assert ledger.current_period() == (expected_period + 1, receipt["blockNumber"])
         previous_to = closed["toBlock"]
@@ -946,15 +972,23 @@ def test_anchor_settlement_only_for_closed_periods_once_and_with_a_root(env: Led
     error = expect_revert(env.ledger, functions.anchorSettlement(current, b"\0" * 32, 3))
     assert (error.error_name, error.error_args) == ("InvalidSettlementRoot", {"period": current})
 
+    for wrong_count in (2, 4):
+        error = expect_revert(env.ledger, functions.anchorSettlement(current, root, wrong_count))
+        assert (error.error_name, error.error_args) == (
+            "SettlementRowCountMismatch",
+            {"period": current, "rowCount": wrong_count, "institutionCount": 3},
+        )
+
     receipt = env.ledger.anchor_settlement(current, root, 3)
-    assert event_args(env.ledger, receipt, "SettlementAnchored") == [
-        {"period": current, "root": root, "institutionCount": 3}
-    ]
+    [proposed] = event_args(env.ledger, receipt, "SettlementProposed")
+    window = functions.SETTLEMENT_DISPUTE_WINDOW().call()
+    block_time = env.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
+    assert proposed == {"period": current, "version": 1, "root": root, "rowCount": 3, "finalAt": block_time + window}
     assert functions.settlementRoot(current).call() == root
     error = expect_revert(env.ledger, functions.anchorSettlement(current, bytes.fromhex("22" * 32), 3))
     assert (error.error_name, error.error_args) == (
         "SettlementAlreadyAnchored",
-        {"period": current, "root": hex32(root)},
+        {"period": current, "version": 1, "root": hex32(root)},
     )
     assert functions.settlementRoot(current).call() == root
 
@@ -1054,15 +1088,14 @@ def test_relay_gas_limit_covers_a_worst_case_batch(env: LedgerEnv) -> None:
     is as expensive as an item can be must still fit: exchanges between institutions never touched before,
     each opening a nonce word and reading a tariff category not yet read in the batch, with calldata of
     non-zero bytes."""
-    size = 80
+    size = constant(env, "MAX_BATCH_SIZE")
     accounts = [Account.create() for _ in range(2 * size)]
     functions = env.ledger.contract.functions
     transactor = env.ledger.transactor
     assert transactor is not None
     # set-up transactions are pipelined (fixed gas, one wait) to keep this test quick
     sent = [
-        transactor.send(functions.registerInstitution(a.address, code_to_bytes32(f"W-{i}"), "w", 10**12), gas=300_000)
-        for i, a in enumerate(accounts)
+        transactor.send(registration_fn(env, a, f"W-{i}", "w", 10**12), gas=400_000) for i, a in enumerate(accounts)
     ]
     sent += [transactor.send(functions.setRate(5_000 + i, 1, 1, "worst case"), gas=200_000) for i in range(size)]
     transactor.wait(sent[-1])
@@ -1080,6 +1113,7 @@ def test_relay_gas_limit_covers_a_worst_case_batch(env: LedgerEnv) -> None:
     ]
     call = {"from": transactor.address, "to": env.ledger.address, "data": env.ledger.record_batch_calldata(items)}
     needed = env.w3.eth.estimate_gas(call)  # type: ignore[arg-type]
+    assert needed <= TRANSACTION_GAS_CAP, f"a worst-case batch of MAX_BATCH_SIZE={size} needs {needed} gas"
     assert needed <= batch_gas_limit(size), (
         f"a worst-case batch of {size} needs {needed} gas ({needed // size} an item); the relay gives it "
         f"{batch_gas_limit(size)}"

@@ -39,15 +39,41 @@ from tests.support.chains import (
     event_args,
     expect_revert,
     hex32,
+    priced_units,
+    rotate_with_consent,
 )
 
 # Written out from the EIP-712 specification and the design's field list, not imported from medmeter.
 EIP712_DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 INTERACTION_TYPE = (
     "Interaction(uint8 kind,address institution,address counterparty,uint16 category,uint32 records,"
-    "bytes32 dataHash,uint256 nonce,uint64 deadline)"
+    "uint64 units,bytes32 dataHash,uint256 nonce,uint64 deadline)"
 )
 HALF_N = SECP256K1_N // 2
+# The same types as JSON a wallet receives, written out here rather than taken from medmeter.
+WALLET_DOMAIN_TYPE = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+WALLET_INTERACTION_TYPE = [
+    {"name": "kind", "type": "uint8"},
+    {"name": "institution", "type": "address"},
+    {"name": "counterparty", "type": "address"},
+    {"name": "category", "type": "uint16"},
+    {"name": "records", "type": "uint32"},
+    {"name": "units", "type": "uint64"},
+    {"name": "dataHash", "type": "bytes32"},
+    {"name": "nonce", "type": "uint256"},
+    {"name": "deadline", "type": "uint64"},
+]
+WALLET_REGISTRATION_TYPE = [
+    {"name": "institution", "type": "address"},
+    {"name": "code", "type": "bytes32"},
+    {"name": "name", "type": "string"},
+    {"name": "deadline", "type": "uint64"},
+]
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None)
 
 
@@ -63,7 +89,7 @@ def spec_domain_separator(name: str, version: str, chain_id: int, verifying_cont
 def spec_hash_struct(interaction: Interaction) -> bytes:
     return keccak(
         encode(
-            ["bytes32", "uint8", "address", "address", "uint16", "uint32", "bytes32", "uint256", "uint64"],
+            ["bytes32", "uint8", "address", "address", "uint16", "uint32", "uint64", "bytes32", "uint256", "uint64"],
             [
                 keccak(text=INTERACTION_TYPE),
                 int(interaction.kind),
@@ -71,6 +97,7 @@ def spec_hash_struct(interaction: Interaction) -> bytes:
                 interaction.counterparty,
                 interaction.category,
                 interaction.records,
+                interaction.units,
                 bytes.fromhex(interaction.data_hash[2:]),
                 interaction.nonce,
                 interaction.deadline,
@@ -112,6 +139,7 @@ any_interaction = st.builds(
     counterparty=addresses,
     category=st.integers(0, 2**16 - 1),
     records=st.integers(0, 2**32 - 1),
+    units=st.integers(0, 2**64 - 1),
     data_hash=st.binary(min_size=32, max_size=32).map(lambda raw: "0x" + raw.hex()),
     nonce=st.integers(0, 2**256 - 1),
     deadline=st.integers(0, 2**64 - 1),
@@ -181,8 +209,9 @@ def test_a_signature_made_by_eth_accounts_sign_typed_data_is_accepted(
     env = deployed_env
     clinic = env.institutions[institution_index]
     counterparty = env.institutions[(institution_index + 1) % 3].address if kind is Kind.EXCHANGE else ZERO_ADDRESS
+    units = priced_units(env.ledger, kind, category, records)
     interaction = Interaction(
-        kind, clinic.address, counterparty, category, records, "0x" + data_hash.hex(), nonce, deadline
+        kind, clinic.address, counterparty, category, records, units, "0x" + data_hash.hex(), nonce, deadline
     )
     signed = Account.sign_typed_data(clinic.key, full_message=typed_data(interaction, env.ledger.domain))
     wallet_signature = "0x" + signed.signature.hex().removeprefix("0x")
@@ -196,7 +225,20 @@ def test_a_signature_made_by_eth_accounts_sign_typed_data_is_accepted(
 def test_a_wallet_signature_from_eth_sign_typed_data_v4_is_recorded(env: LedgerEnv) -> None:
     # anvil's unlocked dev account signs with its own (Rust) EIP-712 implementation, as a wallet would
     wallet = env.w3.eth.accounts[0]
-    env.ledger.register(wallet, "WALLET-1", "Wallet clinic", 1_000)
+    consent = {
+        "types": {"EIP712Domain": WALLET_DOMAIN_TYPE, "Registration": WALLET_REGISTRATION_TYPE},
+        "primaryType": "Registration",
+        "domain": env.ledger.domain.as_typed_data(),
+        "message": {
+            "institution": wallet,
+            "code": "0x" + b"WALLET-1".ljust(32, b"\0").hex(),
+            "name": "Wallet clinic",
+            "deadline": FAR_FUTURE,
+        },
+    }
+    response = env.w3.provider.make_request("eth_signTypedData_v4", [wallet, json.dumps(consent)])  # type: ignore[arg-type]
+    assert "result" in response, response
+    env.ledger.register(wallet, "WALLET-1", "Wallet clinic", 1_000, FAR_FUTURE, bytes.fromhex(response["result"][2:]))
     interaction = env.interaction(Kind.SYNC, wallet, records=3, nonce=77)
     payload = json.dumps(typed_data(interaction, env.ledger.domain))
     response = env.w3.provider.make_request("eth_signTypedData_v4", [wallet, payload])  # type: ignore[arg-type]
@@ -360,7 +402,7 @@ def test_a_garbage_r_is_refused(deployed_env: LedgerEnv, garbage: bytes) -> None
 def test_a_signature_by_a_rotated_out_key_is_refused(env: LedgerEnv) -> None:
     clinic = env.institutions[0]
     new_key = Account.create()
-    env.ledger.rotate_signer(clinic.address, new_key.address)
+    rotate_with_consent(env, clinic.address, clinic, new_key)
     error = batch_refusal(env, env.signed(Kind.SYNC, clinic))
     assert error.error_name == "InvalidSigner"
     assert error.error_args == {"institution": clinic.address, "recovered": clinic.address, "expected": new_key.address}
@@ -378,6 +420,7 @@ def changed_field(env: LedgerEnv, field: str) -> tuple[Interaction, dict[str, An
         "counterparty": {"counterparty": c.address},
         "category": {"category": 3 if base.category != 3 else 1},
         "records": {"records": base.records + 1},
+        "units": {"units": base.units + 1},
         "data_hash": {"data_hash": "0x" + ("ff" if base.data_hash[2:4] != "ff" else "00") + base.data_hash[4:]},
         "nonce": {"nonce": base.nonce + 1},
         "deadline": {"deadline": FAR_FUTURE - 1},
@@ -386,7 +429,7 @@ def changed_field(env: LedgerEnv, field: str) -> tuple[Interaction, dict[str, An
 
 
 @pytest.mark.parametrize(
-    "field", ["kind", "institution", "counterparty", "category", "records", "data_hash", "nonce", "deadline"]
+    "field", ["kind", "institution", "counterparty", "category", "records", "units", "data_hash", "nonce", "deadline"]
 )
 def test_changing_any_field_after_signing_is_refused(deployed_env: LedgerEnv, field: str) -> None:
     env = deployed_env
@@ -403,3 +446,42 @@ def test_changing_any_field_after_signing_is_refused(deployed_env: LedgerEnv, fi
     assert error.error_args["institution"] == institution
     assert error.error_args["expected"] == env.ledger.institution(institution).signer
     assert error.error_args["recovered"] != error.error_args["expected"]
+
+
+def test_a_full_message_signed_with_eth_accounts_encoder_from_a_hand_written_payload_is_recorded(
+    env: LedgerEnv,
+) -> None:
+    """The typed data is built here from the wallet's JSON shape (not by medmeter) and hashed by eth-account's
+    `encode_typed_data(full_message=...)`: what any `eth_signTypedData_v4` wallet signs is what the ledger takes."""
+    clinic = env.institutions[0]
+    sync_rate, _, _ = env.ledger.contract.functions.rateOf(2).call()
+    _, name, version, chain_id, verifying_contract, _, _ = env.ledger.contract.functions.eip712Domain().call()
+    assert version == "2"
+    message = {
+        "kind": 0,
+        "institution": clinic.address,
+        "counterparty": ZERO_ADDRESS,
+        "category": 2,
+        "records": 6,
+        "units": 6 * sync_rate,
+        "dataHash": "0x" + "cd" * 32,
+        "nonce": 4242,
+        "deadline": FAR_FUTURE,
+    }
+    payload = {
+        "types": {"EIP712Domain": WALLET_DOMAIN_TYPE, "Interaction": WALLET_INTERACTION_TYPE},
+        "primaryType": "Interaction",
+        "domain": {"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying_contract},
+        "message": message,
+    }
+    signature = Account.sign_message(encode_typed_data(full_message=payload), clinic.key).signature
+    interaction = Interaction(
+        Kind.SYNC, clinic.address, ZERO_ADDRESS, 2, 6, 6 * sync_rate, "0x" + "cd" * 32, 4242, FAR_FUTURE
+    )
+    item = SignedInteraction(interaction, env.ledger.domain, "0x" + bytes(signature).hex())
+
+    receipt = env.record(item)
+
+    [recorded] = event_args(env.ledger, receipt, "InteractionRecorded")
+    assert (recorded["units"], recorded["nonce"]) == (6 * sync_rate, 4242)
+    assert env.ledger.position(clinic.address).balance == 6 * sync_rate

@@ -51,12 +51,17 @@ class LedgerEnv:
         nonce: int | None = None,
         deadline: int = FAR_FUTURE,
         data_hash: str = "0x" + "ab" * 32,
+        units: int | None = None,
     ) -> Interaction:
+        """An interaction priced as the institution would price it: records x the chain's current rate,
+        unless `units` is given."""
         address = who if isinstance(who, str) else who.address
         if nonce is None:
             nonce = self.next_nonce.get(address, 0)
             self.next_nonce[address] = nonce + 1
-        return Interaction(kind, address, counterparty, category, records, data_hash, nonce, deadline)
+        if units is None:
+            units = priced_units(self.ledger, kind, category, records)
+        return Interaction(kind, address, counterparty, category, records, units, data_hash, nonce, deadline)
 
     def signed(
         self, kind: Kind, who: LocalAccount, signer: LocalAccount | None = None, **fields: Any
@@ -80,8 +85,24 @@ def deploy_env(
     apply_default_tariff(ledger)
     accounts = [Account.create() for _ in range(institutions)]
     for index, account in enumerate(accounts):
-        ledger.register(account.address, f"TEST-{index:03d}", f"Test Clinic {index}", credit_line)
+        register_with_consent(ledger, account, f"TEST-{index:03d}", f"Test Clinic {index}", credit_line)
     return LedgerEnv(w3, artifact, admin, ledger, accounts)
+
+
+def register_with_consent(ledger: Ledger, account: LocalAccount, code: str, name: str, credit_line: int) -> Any:
+    """Register `account` with its own signed `Registration` (as the clinic would produce it)."""
+    from medmeter.signing.consent import registration
+
+    signature = registration(account.address, code, name, FAR_FUTURE, ledger.domain, account)
+    return ledger.register(account.address, code, name, credit_line, FAR_FUTURE, signature)
+
+
+def priced_units(ledger: Ledger, kind: Kind, category: int, records: int) -> int:
+    """records x the rate of (kind, category) on chain now; 0 for a category without a rate."""
+    sync_rate, fetch_rate, defined = ledger.call(ledger.contract.functions.rateOf(category))
+    if not defined:
+        return 0
+    return records * int(sync_rate if kind is Kind.SYNC else fetch_rate)
 
 
 # --------------------------------------------------------------------------- contract-suite helpers
@@ -190,3 +211,21 @@ def rolled_back(base: LedgerEnv) -> Iterator[LedgerEnv]:
         evm_revert(base.w3, snapshot)
         assert base.ledger.transactor is not None
         base.ledger.transactor.reset_nonce()  # the operator's account nonce went back with the chain
+
+
+def rotate_with_consent(env: LedgerEnv, institution: str, current: LocalAccount, new_key: LocalAccount) -> TxReceipt:
+    """Self-rotation: `current` (the signer) signs `SignerRotation`, `new_key` its `SignerAcceptance`; the
+    operator relays it."""
+    from medmeter.signing.consent import signer_acceptance, signer_rotation
+
+    ledger = env.ledger
+    nonce = int(ledger.call(ledger.contract.functions.registryNonce(institution)))
+    by_current = signer_rotation(institution, new_key.address, nonce, FAR_FUTURE, ledger.domain, current)
+    by_new = signer_acceptance(institution, new_key.address, nonce, FAR_FUTURE, ledger.domain, new_key)
+    return ledger.rotate_signer(institution, new_key.address, nonce, FAR_FUTURE, by_current, by_new)
+
+
+def advance_time(w3: Web3, seconds: int) -> None:
+    """Move the chain's clock forward by `seconds` and mine a block at the new time."""
+    w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]

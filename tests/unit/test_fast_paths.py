@@ -18,6 +18,7 @@ interactions = st.builds(
     counterparty=st.sampled_from([ZERO_ADDRESS, Account.from_key(b"\x08" * 32).address]),
     category=st.integers(0, 2**16 - 1),
     records=st.integers(0, 2**32 - 1),
+    units=st.integers(0, 2**64 - 1),
     data_hash=st.binary(min_size=32, max_size=32).map(lambda b: "0x" + b.hex()),
     nonce=st.integers(0, 2**256 - 1),
     deadline=st.integers(0, 2**64 - 1),

@@ -50,10 +50,27 @@ def deployment_path(workspace: Workspace, chain_id: int) -> Path:
     return workspace.deployments_dir / f"{chain_id}.json"
 
 
-def deploy_contract(w3: Web3, transactor: Transactor, artifact: Artifact) -> Deployment:
+# Delays fixed at deploy (seconds). The recovery delay is the documented default of 48 hours; a devnet demo
+# may pass minutes. The dispute window is how long a proposed settlement root can still be superseded.
+DEFAULT_ADMIN_TRANSFER_DELAY = 24 * 3600
+DEFAULT_RECOVERY_DELAY = 48 * 3600
+DEFAULT_DISPUTE_WINDOW = 48 * 3600
+
+
+def deploy_contract(
+    w3: Web3,
+    transactor: Transactor,
+    artifact: Artifact,
+    *,
+    admin_transfer_delay: int = DEFAULT_ADMIN_TRANSFER_DELAY,
+    recovery_delay: int = DEFAULT_RECOVERY_DELAY,
+    dispute_window: int = DEFAULT_DISPUTE_WINDOW,
+) -> Deployment:
     """Deploy the ledger with `transactor`'s account as admin (it gets every role); writes no file."""
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = transactor.transact(factory.constructor(transactor.address))
+    receipt = transactor.transact(
+        factory.constructor(transactor.address, admin_transfer_delay, recovery_delay, dispute_window)
+    )
     return Deployment(
         chain_id=w3.eth.chain_id,
         address=receipt["contractAddress"],
@@ -145,7 +162,7 @@ def verify_ledger(w3: Web3, deployment: Deployment) -> None:
             "deployment file and --rpc-url."
         ) from None
     if ledger_id != expected:
-        raise DeploymentError(f"the contract at {deployment.address} is not a MeteringLedger v1: check the deployment.")
+        raise DeploymentError(f"the contract at {deployment.address} is not a MeteringLedger v2: check the deployment.")
 
 
 # ---------------------------------------------------------------------------------- funding

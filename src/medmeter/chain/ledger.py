@@ -19,14 +19,14 @@ from medmeter.contract.revert_advice import STATUS_NAMES, ErrorDecoder
 from medmeter.errors import InputError, LedgerRevertError
 from medmeter.signing.interaction import Domain, SignedInteraction
 
-INTERACTION_TUPLE = "(uint8,address,address,uint16,uint32,bytes32,uint256,uint64)"
+INTERACTION_TUPLE = "(uint8,address,address,uint16,uint32,uint64,bytes32,uint256,uint64)"
 SIGNED_INTERACTION_ARRAY = f"({INTERACTION_TUPLE},bytes32,bytes32)[]"
 RECORD_BATCH_SELECTOR = function_signature_to_4byte_selector(f"recordBatch({SIGNED_INTERACTION_ARRAY})")
 
 
 def encode_record_batch(batch: list[SignedInteraction]) -> bytes:
     """`recordBatch` calldata. Every member is static, so the ABI encoding is the selector, the
-    array's offset and length, then 10 words per item; built directly it is ~30x faster than
+    array's offset and length, then 11 words per item; built directly it is ~30x faster than
     eth_abi's validating encoder (`tests/test_fast_paths.py` checks they agree byte for byte)."""
     head = RECORD_BATCH_SELECTOR + (32).to_bytes(32, "big") + len(batch).to_bytes(32, "big")
     return head + b"".join(_item_words(item) for item in batch)
@@ -38,10 +38,11 @@ def _item_words(item: SignedInteraction) -> bytes:
 
 
 # Upper bounds per call, above the worst case measured (an exchange between two institutions never
-# touched before, each opening a fresh nonce word and reading a tariff category not yet read, with
-# calldata of non-zero bytes): about 92,200 gas per interaction (tests/contract/test_ledger_rules.py).
+# touched before, each opening a fresh nonce word, position and counters and reading a tariff category
+# not yet read, with calldata of non-zero bytes): about 112,900 gas per interaction
+# (tests/contract/test_ledger_rules.py).
 BATCH_BASE_GAS = 100_000
-GAS_PER_INTERACTION_BOUND = 95_000
+GAS_PER_INTERACTION_BOUND = 118_000
 
 
 # EIP-7825: no transaction may ask for more gas than this.
@@ -141,9 +142,15 @@ class Ledger:
         except (ContractCustomError, ContractLogicError) as exc:
             raise self.errors.from_exception(exc) from exc
 
-    def register(self, institution: str, code: str, name: str, credit_line: int) -> TxReceipt:
+    def register(
+        self, institution: str, code: str, name: str, credit_line: int, deadline: int, signature: bytes
+    ) -> TxReceipt:
+        """Register with the institution's consent: `signature` is its key's EIP-712 `Registration`
+        (see `medmeter.consent.registration`)."""
         return self._transact(
-            self.contract.functions.registerInstitution(institution, code_to_bytes32(code), name, credit_line)
+            self.contract.functions.registerInstitution(
+                institution, code_to_bytes32(code), name, credit_line, deadline, signature
+            )
         )
 
     def suspend(self, institution: str) -> TxReceipt:
@@ -152,8 +159,31 @@ class Ledger:
     def reinstate(self, institution: str) -> TxReceipt:
         return self._transact(self.contract.functions.reinstateInstitution(institution))
 
-    def rotate_signer(self, institution: str, new_signer: str) -> TxReceipt:
-        return self._transact(self.contract.functions.rotateSigner(institution, new_signer))
+    def rotate_signer(
+        self,
+        institution: str,
+        new_signer: str,
+        nonce: int,
+        deadline: int,
+        signer_signature: bytes,
+        new_signer_signature: bytes,
+    ) -> TxReceipt:
+        """Relay a self-rotation: the current signer's `SignerRotation` and the new key's `SignerAcceptance`."""
+        return self._transact(
+            self.contract.functions.rotateSigner(
+                institution, new_signer, nonce, deadline, signer_signature, new_signer_signature
+            )
+        )
+
+    def counters(self, address: str, block: BlockIdentifier = "latest") -> dict[str, int]:
+        """Cumulative counters of `address` (`countersOf`) at `block`, by the contract's field names."""
+        names = [c["name"] for c in self._counters_abi()]
+        values = self.call(self.contract.functions.countersOf(address), block)
+        return dict(zip(names, (int(v) for v in values), strict=True))
+
+    def _counters_abi(self) -> list[dict[str, Any]]:
+        entry = next(e for e in self.deployment.abi if e.get("name") == "countersOf")
+        return entry["outputs"][0]["components"]
 
     def set_credit_line(self, institution: str, credit_line: int) -> TxReceipt:
         return self._transact(self.contract.functions.setCreditLine(institution, credit_line))

@@ -14,12 +14,12 @@ from eth_utils import keccak
 from medmeter.errors import InputError
 
 # `uint256 public constant`s of the contract (and the sizes of its integer fields).
-MAX_BATCH_SIZE = 180
+MAX_BATCH_SIZE = 140
 MAX_RECORDS_PER_INTERACTION = 1_000_000
 MAX_UNITS_PER_RECORD = 1_000_000_000
 BPS_DENOMINATOR = 10_000
 UINT64_MAX = 2**64 - 1
-LEDGER_ID = keccak(text="medmeter.MeteringLedger.v1")
+LEDGER_ID = keccak(text="medmeter.MeteringLedger.v2")
 
 # The roles the deploy hands out, beside OpenZeppelin's DEFAULT_ADMIN_ROLE (bytes32 zero).
 OPERATING_ROLES = ("REGISTRAR_ROLE", "TARIFF_ROLE", "RELAYER_ROLE", "SETTLER_ROLE", "PAUSER_ROLE")

@@ -56,9 +56,52 @@ ADVICE: dict[str, str] = {
     "PeriodHasNoBlocks": "period {period} started at block {startBlock} and has no blocks yet: close it later.",
     "PeriodNotClosed": "period {period} is not closed (the open period is {currentPeriod}): close it first "
     "(`medmeter period close`) or pick a closed period.",
-    "SettlementAlreadyAnchored": "period {period} already has settlement root {root}: statements use that root.",
+    "SettlementAlreadyAnchored": "period {period} already has settlement root {root} (version {version}): "
+    "statements use that root; a wrong one is replaced with `medmeter anchor --supersede` before it is final.",
     "InvalidSettlementRoot": "the settlement root of period {period} is empty.",
     "RateOutOfRange": "a rate of {unitsPerRecord} units per record is above {max}: give a smaller rate.",
+    "AccessControlEnforcedDefaultAdminDelay": "the admin change is scheduled and takes effect at {schedule}: "
+    "wait for it, then accept it.",
+    "AccessControlEnforcedDefaultAdminRules": "the admin role moves only in two steps (begin, then accept after the "
+    "delay); it cannot be granted, revoked or renounced directly.",
+    "AccessControlInvalidDefaultAdmin": "{defaultAdmin} is not the pending admin: accept the transfer from the "
+    "account it was begun for.",
+    "AlreadyReversed": "interaction {originalDigest} already has a reversal: nothing more to do.",
+    "CountersOverflow": "a cumulative counter of {institution} would overflow: report this ledger to its maintainers.",
+    "DelayOutOfRange": "{name} of {value} s is outside {min}..{max} s: pick a delay in that range.",
+    "EmptyNonceMask": "nothing to cancel in nonce word {wordIndex} of {institution}: name at least one nonce.",
+    "ExtensionCalledDirectly": "the ledger's extension was called at its own address: call the ledger's address.",
+    "InvalidMessageSigner": "the message for {institution} is signed by {recovered}, not its signer {expected}: have "
+    "the institution sign it with its current key.",
+    "InvalidPossessionProof": "the new key {newSigner}'s proof is signed by {recovered}: the new key itself must sign "
+    "its acceptance.",
+    "InvalidRegistrationSigner": "the registration consent recovers to {recovered}, not {institution}: the "
+    "institution must sign its own consent (`medmeter consent`) with the key being registered.",
+    "InvalidRegistryNonce": "registry nonce {given} of {institution} is stale (the ledger expects {expected}): sign "
+    "the rotation or cancellation again.",
+    "InvalidSignerAddress": "{signer} cannot be a signer key (zero, or an institution's address): use a fresh key.",
+    "MessageAlreadyUsed": "this signed message ({digest}) was already submitted: nothing to do.",
+    "NoRecoveryPending": "{institution} has no pending key recovery.",
+    "NotInstitutionSigner": "{caller} is not the signer {signer} of {institution}: call from the institution's "
+    "current key, or submit a message it signed.",
+    "PeriodNotStarted": "period {period} is not open (the open period is {currentPeriod}).",
+    "RecoveryAlreadyPending": "a recovery of {institution} to {newSigner} is already pending until {readyAt}: "
+    "complete or cancel it first (`medmeter institution recover`).",
+    "RecoveryNotReady": "the recovery of {institution} takes effect at {readyAt} (now {blockTimestamp}): wait, "
+    "then complete it (`medmeter institution recover`).",
+    "SettlementAlreadyFinal": "version {version} of period {period}'s settlement became final at {finalAt}: a final "
+    "root cannot be replaced; record reversals for the next period instead.",
+    "SettlementNotAnchored": "period {period} has no settlement root yet: anchor it first (`medmeter anchor`).",
+    "SettlementRowCountMismatch": "the root covers {rowCount} rows but period {period} closed with "
+    "{institutionCount} institutions: settle every institution registered by then.",
+    "SignatureExpired": "the signed message expired at {deadline} (block time {blockTimestamp}): sign it again.",
+    "SupersedeReasonMissing": "superseding period {period}'s root needs a reason: pass --reason with the published "
+    "explanation.",
+    "TooManyScheduledRates": "at most {max} rates can be scheduled for the next period: close the period first.",
+    "UnitsMismatch": "interaction {nonce} of {institution} was signed for {signedUnits} units but the tariff now "
+    "gives {computedUnits}: the tariff changed after signing; have the institution sign again at the current "
+    "price (`medmeter sign`).",
+    "UnknownSettlementVersion": "period {period} has no settlement version {version} (the latest is {latest}).",
     "UnitsNotTransferable": "metering units cannot be transferred or approved: they move only through "
     "recorded interactions.",
 }

@@ -21,7 +21,7 @@ from medmeter.contract.facts import Kind
 from medmeter.errors import InputError
 
 DOMAIN_NAME = "MeteringLedger"
-DOMAIN_VERSION = "1"
+DOMAIN_VERSION = "2"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -32,6 +32,7 @@ INTERACTION_TYPES = {
         {"name": "counterparty", "type": "address"},
         {"name": "category", "type": "uint16"},
         {"name": "records", "type": "uint32"},
+        {"name": "units", "type": "uint64"},
         {"name": "dataHash", "type": "bytes32"},
         {"name": "nonce", "type": "uint256"},
         {"name": "deadline", "type": "uint64"},
@@ -67,6 +68,7 @@ class Interaction:
     counterparty: str
     category: int
     records: int
+    units: int  # the gross units the institution agrees to: records x the tariff's rate for (kind, category)
     data_hash: str
     nonce: int
     deadline: int
@@ -78,13 +80,14 @@ class Interaction:
             "counterparty": self.counterparty,
             "category": self.category,
             "records": self.records,
+            "units": self.units,
             "dataHash": self.data_hash,
             "nonce": self.nonce,
             "deadline": self.deadline,
         }
 
     def abi_words(self) -> bytes:
-        """The eight fields as 32-byte ABI words, in struct order: both the EIP-712 `encodeData`
+        """The nine fields as 32-byte ABI words, in struct order: both the EIP-712 `encodeData`
         (after the type hash) and the static struct's calldata encoding."""
         return b"".join(
             (
@@ -93,6 +96,7 @@ class Interaction:
                 bytes.fromhex(self.counterparty[2:]).rjust(32, b"\0"),
                 self.category.to_bytes(32, "big"),
                 self.records.to_bytes(32, "big"),
+                self.units.to_bytes(32, "big"),
                 bytes.fromhex(self.data_hash[2:]),
                 self.nonce.to_bytes(32, "big"),
                 self.deadline.to_bytes(32, "big"),
@@ -106,6 +110,7 @@ class Interaction:
             self.counterparty,
             self.category,
             self.records,
+            self.units,
             bytes.fromhex(self.data_hash[2:]),
             self.nonce,
             self.deadline,
@@ -192,6 +197,7 @@ REQUIRED_FIELDS = (
     "counterparty",
     "category",
     "records",
+    "units",
     "data_hash",
     "nonce",
     "deadline",
@@ -218,6 +224,7 @@ def parse_signed(record: Any, where: str) -> SignedInteraction:
             counterparty=_address(record["counterparty"], "counterparty"),
             category=_uint(record["category"], "category", 16),
             records=_uint(record["records"], "records", 32),
+            units=_uint(record["units"], "units", 64),
             data_hash=_hex(record["data_hash"], "data_hash", 32),
             nonce=_uint(record["nonce"], "nonce", 256),
             deadline=_uint(record["deadline"], "deadline", 64),

@@ -27,6 +27,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
 
 from medmeter.chain.ledger import Ledger
+from medmeter.contract.facts import LEDGER_ID
 from medmeter.errors import StatementError
 from medmeter.fileio import write_json_atomic
 from medmeter.settlement.period import PeriodSettlement
@@ -63,7 +64,6 @@ CSV_COLUMN = {
     "exchange_in_count": "exchange_in_count",
     "exchange_out_count": "exchange_out_count",
 }
-LEDGER_ID = Web3.keccak(text="medmeter.MeteringLedger.v1")
 
 # Only what verification needs, so that a verifier depends on nothing the analyst supplied.
 _UINT = [{"name": "", "type": "uint256"}]
@@ -420,7 +420,7 @@ def _verify_on_chain(
         is_ledger = len(w3.eth.get_code(ledger_address)) > 0 and contract.functions.LEDGER_ID().call() == LEDGER_ID
     except (ContractCustomError, ContractLogicError, Web3Exception, ValueError):
         is_ledger = False
-    result.add("contract", is_ledger, f"{ledger_address} {'is' if is_ledger else 'is not'} a MeteringLedger v1")
+    result.add("contract", is_ledger, f"{ledger_address} {'is' if is_ledger else 'is not'} a MeteringLedger v2")
     if not is_ledger:
         return
     anchored = bytes(contract.functions.settlementRoot(period).call())

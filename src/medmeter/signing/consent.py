@@ -1,0 +1,131 @@
+"""The institution's signed registry messages (EIP-712, domain as `medmeter.interaction.Domain`).
+
+Each is a standard `eth_signTypedData_v4` payload: registration consent, self-rotation of the signer
+key (with the new key's proof of possession), cancellation of a pending recovery, cancellation of
+unrelayed nonces, a dispute, and a reversal. See docs/typed-data.md for the types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+
+from medmeter.chain.ledger import code_to_bytes32
+from medmeter.signing.interaction import EIP712_DOMAIN_TYPE, Domain
+
+NONCES_PER_WORD = 256
+
+MESSAGE_TYPES: dict[str, list[dict[str, str]]] = {
+    "Registration": [
+        {"name": "institution", "type": "address"},
+        {"name": "code", "type": "bytes32"},
+        {"name": "name", "type": "string"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+    "SignerRotation": [
+        {"name": "institution", "type": "address"},
+        {"name": "newSigner", "type": "address"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+    "SignerAcceptance": [
+        {"name": "institution", "type": "address"},
+        {"name": "newSigner", "type": "address"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+    "RecoveryCancellation": [
+        {"name": "institution", "type": "address"},
+        {"name": "newSigner", "type": "address"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+    "NonceCancellation": [
+        {"name": "institution", "type": "address"},
+        {"name": "wordIndex", "type": "uint256"},
+        {"name": "mask", "type": "uint256"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+    "Dispute": [
+        {"name": "institution", "type": "address"},
+        {"name": "period", "type": "uint256"},
+        {"name": "interactionDigest", "type": "bytes32"},
+        {"name": "reasonHash", "type": "bytes32"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+    "Reversal": [
+        {"name": "institution", "type": "address"},
+        {"name": "originalDigest", "type": "bytes32"},
+        {"name": "units", "type": "uint64"},
+        {"name": "reasonHash", "type": "bytes32"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+}
+
+
+def encode_type(primary: str) -> str:
+    """The EIP-712 `encodeType` of one of the message types (none references another type)."""
+    fields = ",".join(f"{f['type']} {f['name']}" for f in MESSAGE_TYPES[primary])
+    return f"{primary}({fields})"
+
+
+def typed_message(primary: str, message: dict[str, Any], domain: Domain) -> dict[str, Any]:
+    """The full `eth_signTypedData_v4` payload."""
+    return {
+        "types": {"EIP712Domain": EIP712_DOMAIN_TYPE, primary: MESSAGE_TYPES[primary]},
+        "primaryType": primary,
+        "domain": domain.as_typed_data(),
+        "message": message,
+    }
+
+
+def sign_message(primary: str, message: dict[str, Any], domain: Domain, account: LocalAccount) -> bytes:
+    """The 65-byte signature (r || s || v) of `account` over the typed message."""
+    signed = account.sign_message(encode_typed_data(full_message=typed_message(primary, message, domain)))
+    return bytes(signed.signature)
+
+
+def registration(institution: str, code: str, name: str, deadline: int, domain: Domain, account: LocalAccount) -> bytes:
+    """The institution key's consent to be registered under `code` and `name` (signed on its own machine)."""
+    message = {"institution": institution, "code": code_to_bytes32(code), "name": name, "deadline": deadline}
+    return sign_message("Registration", message, domain, account)
+
+
+def signer_rotation(
+    institution: str, new_signer: str, nonce: int, deadline: int, domain: Domain, current: LocalAccount
+) -> bytes:
+    message = {"institution": institution, "newSigner": new_signer, "nonce": nonce, "deadline": deadline}
+    return sign_message("SignerRotation", message, domain, current)
+
+
+def signer_acceptance(
+    institution: str, new_signer: str, nonce: int, deadline: int, domain: Domain, new_key: LocalAccount
+) -> bytes:
+    """The new key's proof of possession for a rotation."""
+    message = {"institution": institution, "newSigner": new_signer, "nonce": nonce, "deadline": deadline}
+    return sign_message("SignerAcceptance", message, domain, new_key)
+
+
+def recovery_cancellation(
+    institution: str, new_signer: str, nonce: int, deadline: int, domain: Domain, current: LocalAccount
+) -> bytes:
+    message = {"institution": institution, "newSigner": new_signer, "nonce": nonce, "deadline": deadline}
+    return sign_message("RecoveryCancellation", message, domain, current)
+
+
+def nonce_cancellation(
+    institution: str, word_index: int, mask: int, deadline: int, domain: Domain, signer: LocalAccount
+) -> bytes:
+    message = {"institution": institution, "wordIndex": word_index, "mask": mask, "deadline": deadline}
+    return sign_message("NonceCancellation", message, domain, signer)
+
+
+def nonce_masks(nonces: list[int]) -> dict[int, int]:
+    """The (word index -> bit mask) pairs that cancel exactly `nonces`: one call per bitmap word."""
+    masks: dict[int, int] = {}
+    for nonce in nonces:
+        word, bit = divmod(nonce, NONCES_PER_WORD)
+        masks[word] = masks.get(word, 0) | (1 << bit)
+    return masks
