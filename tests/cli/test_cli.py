@@ -29,6 +29,7 @@ from tests.support.cli import (
     parsed,
     pid_alive,
     read_items,
+    register,
     write_items,
 )
 
@@ -117,7 +118,7 @@ def test_devnet_up_status_down_and_the_ledger_survives(fresh: CliWorkspace) -> N
 
     fresh.run("wallet", "new", "operator")
     fresh.run("deploy")
-    fresh.run("institution", "register", "clinic-x", "--code", "DV-1", "--name", "Devnet Clinic", "--credit-line", 77)
+    register(fresh, "clinic-x", "DV-1", "Devnet Clinic", 77)
     fresh.run("tariff", "default")
     fresh.run("tariff", "fee", 250)
     deployment = fresh.deployment()
@@ -191,9 +192,7 @@ def institution_rows(ws: CliWorkspace) -> dict[str, list[str]]:
 
 
 def test_institution_register_list_suspend_reinstate_rotate_credit_line(ws: CliWorkspace) -> None:
-    registered = ws.run(
-        "institution", "register", "inst-life", "--code", "LIFE-1", "--name", "Lifecycle Clinic", "--credit-line", 100
-    )
+    registered = register(ws, "inst-life", "LIFE-1", "Lifecycle Clinic", 100)
     address = ws.account("inst-life").address
     assert f"registered Lifecycle Clinic (LIFE-1) at {address}" in registered.stdout
     row = institution_rows(ws)["LIFE-1"]
@@ -212,7 +211,10 @@ def test_institution_register_list_suspend_reinstate_rotate_credit_line(ws: CliW
     assert institution_rows(ws)["LIFE-1"][4] == "250"
     assert ledger.functions.institution(address).call()[4] == 250
 
-    rotated = ws.run("institution", "rotate", "inst-life", "--new-wallet", "inst-life-key2")
+    ws.run("wallet", "new", "inst-life-key2")  # the clinic makes its new key on its own machine
+    rotation = ws.root / "rotation-life.json"
+    ws.run("rotate-key", "--wallet", "inst-life", "--new-wallet", "inst-life-key2", "-o", rotation)
+    rotated = ws.run("institution", "rotate", rotation)
     new_signer = ws.account("inst-life-key2").address
     assert f"{address} now signs with {new_signer}" in rotated.stdout
     assert ledger.functions.institution(address).call()[2] == new_signer

@@ -26,6 +26,7 @@ from tests.support.cli import (
     pid_alive,
     poll,
     read_items,
+    register,
     snapshot,
     write_items,
 )
@@ -129,12 +130,12 @@ def test_devnet_killed_mid_relay_then_a_rerun_records_everything_exactly_once(ki
 
 
 def test_a_state_file_damaged_by_a_kill_is_restored_from_the_last_start(ws: CliWorkspace) -> None:
-    ws.run("institution", "register", "clinic-d", "--code", "KIL-D", "--name", "Late Clinic")
+    register(ws, "clinic-d", "KIL-D", "Late Clinic")
     institutions = ws.run("institution", "list").stdout
     ws.run("devnet", "down")
     ws.up()  # takes the known-good copy: it holds clinic-d
     pid = int(ws.devnet_info()["pid"])
-    ws.run("institution", "register", "clinic-e", "--code", "KIL-E", "--name", "Lost Clinic")
+    register(ws, "clinic-e", "KIL-E", "Lost Clinic")
     os.kill(pid, signal.SIGKILL)
     poll(lambda: not pid_alive(pid), 30, "anvil to die")
     state = ws.state_dir / "devnet" / "state.json"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.cli import CliWorkspace, assert_clean_error, make_workspace
+from tests.support.cli import CliWorkspace, assert_clean_error, make_workspace, register
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def untariffed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliWorkspac
         cli.run("wallet", "new", "operator")
         cli.run("deploy")
         for wallet, code in (("clinic-a", "SIM-A"), ("clinic-b", "SIM-B")):
-            cli.run("institution", "register", wallet, "--code", code, "--name", f"{code} Clinic")
+            register(cli, wallet, code, f"{code} Clinic")
         yield cli
     finally:
         cli.close()

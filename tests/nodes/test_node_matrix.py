@@ -26,7 +26,7 @@ from medmeter.chain.deployment import fund_account, fund_from_dev_account
 from medmeter.toolchain.compiler import compile_ledger, detect_evm_version
 from medmeter.workspace import Workspace
 from tests.nodes.conftest import NODE_KINDS, REPO_ROOT, RunningNode
-from tests.support.cli import CliWorkspace, assert_clean_error, make_workspace
+from tests.support.cli import CliWorkspace, assert_clean_error, make_workspace, register
 
 INSTITUTIONS = (("clinic-a", "NM-A"), ("clinic-b", "NM-B"), ("clinic-c", "NM-C"))
 TRAFFIC = 240
@@ -139,7 +139,7 @@ def test_full_flow(ws: NodeWorkspace, node: RunningNode, tmp_path: Path) -> None
 
     ws.run("tariff", "default")
     for wallet, code in INSTITUTIONS:
-        ws.run("institution", "register", wallet, "--code", code, "--name", f"{code} Clinic", "--credit-line", 0)
+        register(ws, wallet, code, f"{code} Clinic", folder=ws.cli.root)
     listed = ws.run("institution", "list").stdout  # string-returning views: what broke on Ganache
     for _, code in INSTITUTIONS:
         assert code in listed
@@ -224,11 +224,11 @@ def test_cancun_code_on_a_shanghai_node_is_not_called_an_outage(ws: NodeWorkspac
     ws.run("deploy", env={"MEDMETER_EVM_VERSION": "cancun"})
     assert ws.cli.deployment()["evm_version"] == "cancun"
     # Registering is a transaction; reading the institution back (a string view) needs MCOPY.
-    registered = ws.run("institution", "register", "clinic-a", "--code", "NM-A", "--name", "NM-A Clinic", expect=None)
+    registered = register(ws, "clinic-a", "NM-A", "NM-A Clinic", expect=None, folder=ws.cli.root)
     failed = registered if registered.returncode != 0 else ws.run("institution", "list", expect=1)
     line = assert_clean_error(failed, "invalid opcode", "shanghai")
     assert "once the node answers" not in line and "not a node outage" in line
     ws.run("deploy", "--new")  # a second ledger: `deploy` alone keeps the live one
     assert ws.cli.deployment()["evm_version"] == "shanghai"
-    ws.run("institution", "register", "clinic-a", "--code", "NM-A", "--name", "NM-A Clinic")
+    register(ws, "clinic-a", "NM-A", "NM-A Clinic", folder=ws.cli.root)
     assert "NM-A" in ws.run("institution", "list").stdout

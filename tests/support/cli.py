@@ -227,6 +227,24 @@ class Institution:
     address: str
 
 
+def register(
+    cli: Any,
+    wallet: str,
+    code: str,
+    name: str,
+    credit_line: int = 0,
+    *,
+    expect: int | None = 0,
+    folder: Path | None = None,
+) -> Result:
+    """The documented registration: the clinic makes its key and signs its consent (`medmeter consent`),
+    the registrar submits it (`institution register FILE`). `cli` is anything with `run` (and `root`)."""
+    cli.run("wallet", "new", wallet)
+    consent = (folder or cli.root) / f"consent-{wallet}-{code}.json"
+    cli.run("consent", "--wallet", wallet, "--code", code, "--name", name, "-o", consent)
+    return cli.run("institution", "register", consent, "--credit-line", credit_line, expect=expect)
+
+
 def deployed_workspace(root: Path, institutions: Sequence[tuple[str, str, int]]) -> CliWorkspace:
     """Devnet up, operator, ledger deployed, default tariff, and `institutions` (wallet, code, credit
     line) registered, all through the console script."""
@@ -237,17 +255,7 @@ def deployed_workspace(root: Path, institutions: Sequence[tuple[str, str, int]])
         cli.run("deploy")
         cli.run("tariff", "default")
         for wallet, code, credit_line in institutions:
-            cli.run(
-                "institution",
-                "register",
-                wallet,
-                "--code",
-                code,
-                "--name",
-                f"{code} Clinic",
-                "--credit-line",
-                credit_line,
-            )
+            register(cli, wallet, code, f"{code} Clinic", credit_line)
     except BaseException:
         cli.close()
         raise
@@ -311,12 +319,15 @@ def craft(
 
     account = cli.account(wallet)
     deployment = cli.deployment()
+    kind_value = Kind.parse(kind)
+    sync_rate, fetch_rate, _ = cli.ledger().functions.rateOf(category).call()  # (0, 0) without a tariff
     interaction = Interaction(
-        kind=Kind.parse(kind),
+        kind=kind_value,
         institution=account.address,
         counterparty=counterparty or ZERO_ADDRESS,
         category=category,
         records=records,
+        units=records * (sync_rate if kind_value is Kind.SYNC else fetch_rate),
         data_hash=content_hash(data + nonce.to_bytes(32, "big")),
         nonce=nonce,
         deadline=int(time.time()) + 30 * 24 * 3600,

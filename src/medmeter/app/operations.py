@@ -13,6 +13,9 @@ from medmeter.intake.categories import CATEGORIES, DEFAULT_PLATFORM_FEE_BPS, cat
 from medmeter.signing.interaction import SignedInteraction
 from medmeter.signing.traffic import SimulatedInstitution, Tariff, simulate
 
+# Seconds a consent the demo signs stays valid: it is submitted at once.
+CONSENT_VALID_FOR = 3600
+
 
 @dataclass(frozen=True)
 class InstitutionSpec:
@@ -33,7 +36,11 @@ DEMO_INSTITUTIONS: tuple[InstitutionSpec, ...] = (
 
 
 def register_institutions(session: Session, specs: tuple[InstitutionSpec, ...]) -> list[str]:
-    """Create each institution's keystore if needed and register it unless it already is."""
+    """The demo's institutions: each key signs its own registration consent (the demo keeps every
+    key in one workspace; the documented flow has each clinic run `medmeter consent` on its own
+    machine), and the registrar registers it unless it already is."""
+    from medmeter.signing.consent import registration
+
     ledger = session.ledger()
     addresses = []
     for spec in specs:
@@ -41,7 +48,10 @@ def register_institutions(session: Session, specs: tuple[InstitutionSpec, ...]) 
             session.keystores.create(spec.wallet)
         address = session.keystores.address(spec.wallet)
         if ledger.institution(address).status == "unregistered":
-            ledger.register(address, spec.code, spec.name, spec.credit_line)
+            key = session.keystores.unlock(spec.wallet)
+            deadline = int(time.time()) + CONSENT_VALID_FOR
+            signature = registration(address, spec.code, spec.name, deadline, ledger.domain, key)
+            ledger.register(address, spec.code, spec.name, spec.credit_line, deadline, signature)
         addresses.append(address)
     return addresses
 

@@ -14,7 +14,7 @@ from web3.types import BlockIdentifier, TxReceipt
 
 from medmeter.chain.deployment import Deployment
 from medmeter.chain.rpc import Transactor
-from medmeter.contract.facts import OPERATING_ROLES
+from medmeter.contract.facts import OPERATING_ROLES, Kind
 from medmeter.contract.revert_advice import STATUS_NAMES, ErrorDecoder
 from medmeter.errors import InputError, LedgerRevertError
 from medmeter.signing.interaction import Domain, SignedInteraction
@@ -135,6 +135,22 @@ class Ledger:
         if self.transactor is None:
             raise InputError("this command needs the operator's keystore: pass --operator.")
         return self.transactor.transact(fn)
+
+    def price(self, kind: Kind, category: int, records: int, block: BlockIdentifier = "latest") -> int:
+        """The units the tariff on chain gives (kind, category, records) now: what the institution signs."""
+        from medmeter.settlement.crediting import gross_units
+
+        sync_rate, fetch_rate, defined = self.call(self.contract.functions.rateOf(category), block)
+        if not defined:
+            raise InputError(
+                f"category {category} has no tariff on this ledger: ask the platform to set one "
+                "(`medmeter tariff set`)."
+            )
+        return gross_units(kind.word, records, int(sync_rate), int(fetch_rate))
+
+    def transact(self, fn: Any) -> TxReceipt:
+        """Send any ledger call as the operator (for the less common calls without their own method)."""
+        return self._transact(fn)
 
     def call(self, fn: Any, block: BlockIdentifier = "latest", sender: str | None = None) -> Any:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from medmeter.cli.context import session_of
+from medmeter.cli.context import resolve_institution, session_of
 from medmeter.cli.options import UINT64
 
 
@@ -14,28 +16,30 @@ def institution() -> None:
 
 
 @institution.command("register")
-@click.argument("wallet")
-@click.option("--code", required=True, help="The institution's official code (at most 32 bytes).")
-@click.option("--name", "display_name", required=True, help="Display name (an organisation, never a person).")
+@click.argument("consent_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--credit-line", type=UINT64, default=0, show_default=True, help="Units it may owe.")
 @click.pass_context
-def institution_register(ctx: click.Context, wallet: str, code: str, display_name: str, credit_line: int) -> None:
-    """Register the institution whose keystore is WALLET (created if missing) or whose address is WALLET."""
-    session = session_of(ctx)
-    from eth_utils import is_address
+def institution_register(ctx: click.Context, consent_file: Path, credit_line: int) -> None:
+    """Register the institution whose signed consent is CONSENT_FILE (registrar role).
 
-    ledger = session.ledger()  # operator and deployment first: a failure there must create no keystore
-    created = not is_address(wallet) and not session.keystores.exists(wallet)
-    if created:
-        session.keystores.create(wallet)
-    address = session.resolve_address(wallet)
-    try:
-        ledger.register(address, code, display_name, credit_line)
-    except BaseException:
-        if created:  # no orphan keystore for an institution that was never registered
-            session.keystores.path(wallet).unlink(missing_ok=True)
-        raise
-    click.echo(f"registered {display_name} ({code}) at {address}")
+    The institution makes the file on its own machine with `medmeter consent`; its code, name and
+    address come from the file, and the ledger checks the institution's own signature. No key is
+    created here."""
+    from medmeter.signing.consent import read_message_file
+
+    session = session_of(ctx)
+    ledger = session.ledger()
+    message, signatures = read_message_file(consent_file, "Registration", ledger.domain)
+    code = message["code"].rstrip(b"\0").decode("utf-8", errors="replace")
+    ledger.register(
+        message["institution"],
+        code,
+        message["name"],
+        credit_line,
+        message["deadline"],
+        signatures.get("institution", b""),
+    )
+    click.echo(f"registered {message['name']} ({code}) at {message['institution']}")
 
 
 @institution.command("list")
@@ -62,20 +66,94 @@ _status_command("reinstate", "Reinstate a suspended institution (keystore name o
 
 
 @institution.command("rotate")
-@click.argument("who")
-@click.option("--new-wallet", required=True, help="Keystore name (created if missing) or address of the new signer.")
+@click.argument("rotation_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.pass_context
-def institution_rotate(ctx: click.Context, who: str, new_wallet: str) -> None:
-    """Replace the signer key of WHO; its balance, debt and history stay with its address."""
-    session = session_of(ctx)
-    from eth_utils import is_address
+def institution_rotate(ctx: click.Context, rotation_file: Path) -> None:
+    """Submit a key rotation the institution signed with `medmeter rotate-key` (relayer role); it
+    takes effect at once and its balance, debt and history stay with its address."""
+    from medmeter.signing.consent import read_message_file
 
-    institution_address = session.resolve_address(who)
-    if not is_address(new_wallet) and not session.keystores.exists(new_wallet):
-        session.keystores.create(new_wallet)
-    signer = session.resolve_address(new_wallet)
-    session.ledger().rotate_signer(institution_address, signer)
-    click.echo(f"{institution_address} now signs with {signer}")
+    ledger = session_of(ctx).ledger()
+    message, signatures = read_message_file(rotation_file, "SignerRotation", ledger.domain)
+    ledger.rotate_signer(
+        message["institution"],
+        message["newSigner"],
+        message["nonce"],
+        message["deadline"],
+        signatures.get("signer", b""),
+        signatures.get("new_signer", b""),
+    )
+    click.echo(f"{message['institution']} now signs with {message['newSigner']}")
+
+
+@institution.command("submit-cancellation")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_context
+def institution_submit_cancellation(ctx: click.Context, files: tuple[Path, ...]) -> None:
+    """Submit nonce cancellations the institution signed with `medmeter cancel -o` (any account)."""
+    from medmeter.signing.consent import read_message_file
+
+    ledger = session_of(ctx).ledger()
+    for path in files:
+        message, signatures = read_message_file(path, "NonceCancellation", ledger.domain)
+        ledger.transact(
+            ledger.contract.functions.cancelNoncesBySig(
+                message["institution"],
+                message["wordIndex"],
+                message["mask"],
+                message["deadline"],
+                signatures.get("institution", b""),
+            )
+        )
+        click.echo(f"cancelled nonces of {message['institution']} (word {message['wordIndex']}) from {path}")
+
+
+@institution.group("recover")
+def recover() -> None:
+    """A lost key: the registrar starts a recovery to a new key, effective only after the ledger's
+    recovery delay; the institution's current key can cancel it meanwhile."""
+
+
+@recover.command("start")
+@click.argument("who")
+@click.option("--new-signer", required=True, help="Address of the institution's new key.")
+@click.pass_context
+def recover_start(ctx: click.Context, who: str, new_signer: str) -> None:
+    """Start the recovery of WHO's key to --new-signer (registrar role)."""
+    session = session_of(ctx)
+    ledger = session.ledger()
+    address = resolve_institution(session, ledger, who)
+    ledger.transact(ledger.contract.functions.startRecovery(address, session.resolve_address(new_signer)))
+    pending = ledger.call(ledger.contract.functions.pendingRecovery(address))
+    click.echo(f"recovery of {address} to {new_signer} started; it can be completed from {pending[1]} (unix time)")
+
+
+@recover.command("complete")
+@click.argument("who")
+@click.pass_context
+def recover_complete(ctx: click.Context, who: str) -> None:
+    """Complete WHO's pending recovery once its delay has passed (any account)."""
+    session = session_of(ctx)
+    ledger = session.ledger()
+    address = resolve_institution(session, ledger, who)
+    ledger.transact(ledger.contract.functions.completeRecovery(address))
+    click.echo(f"recovery of {address} completed")
+
+
+@recover.command("cancel")
+@click.option("--wallet", required=True, help="The institution's current signer keystore (institution side).")
+@click.pass_context
+def recover_cancel(ctx: click.Context, wallet: str) -> None:
+    """Cancel a pending recovery of this institution, from its current signer's own address."""
+    from medmeter.chain.rpc import Transactor
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    signer = session.keystores.unlock(wallet)
+    address = ledger.call(ledger.contract.functions.institutionBySigner(signer.address))
+    session.ensure_funded(signer.address)
+    Transactor(session.w3, signer).transact(ledger.contract.functions.cancelRecovery(address))
+    click.echo(f"cancelled the pending recovery of {address}")
 
 
 @institution.command("credit-line")

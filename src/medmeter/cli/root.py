@@ -10,7 +10,20 @@ from pathlib import Path
 
 import click
 
-from medmeter.cli import demo, devnet, institution, period, reports, roles, service, setup, tariff, traffic, wallet
+from medmeter.cli import (
+    clinic,
+    demo,
+    devnet,
+    institution,
+    period,
+    reports,
+    roles,
+    service,
+    setup,
+    tariff,
+    traffic,
+    wallet,
+)
 from medmeter.cli.examples import add_examples
 from medmeter.cli.options import (
     ALLOW_EMPTY_PASSWORD_HELP,
@@ -85,6 +98,11 @@ COMMANDS: tuple[click.Command, ...] = (
     roles.roles,
     roles.pause,
     roles.unpause,
+    clinic.consent,
+    clinic.rotate_key,
+    clinic.cancel,
+    clinic.dispute,
+    clinic.audit,
     traffic.sign,
     traffic.relay,
     traffic.simulate,

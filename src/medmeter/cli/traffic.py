@@ -98,6 +98,7 @@ def sign(
             counterparty=counterparty_address,
             category=summary.category,
             records=summary.records,
+            units=ledger.price(kind_value, summary.category, summary.records),
             data_hash=summary.data_hash,
             nonce=nonce if nonce is not None else book.reserve(institution_address),
             deadline=int(time.time()) + valid_for,
@@ -105,7 +106,7 @@ def sign(
         signed = sign_interaction(interaction, ledger.domain, account)
         append_line(output, "".join(iter_json_lines([signed])))
     click.echo(
-        f"signed {kind} of {summary.records} record(s), category {summary.category}, "
+        f"signed {kind} of {summary.records} record(s), category {summary.category}, {interaction.units} units, "
         f"nonce {interaction.nonce} -> {output}"
     )
 

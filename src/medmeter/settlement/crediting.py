@@ -37,6 +37,12 @@ TALLY_COLUMNS: tuple[str, ...] = (
 )
 
 
+def gross_units(kind: str, records: int, sync_rate: int, fetch_rate: int) -> int:
+    """What an interaction is worth, as the contract prices it: records x the sync rate for a sync,
+    x the fetch rate for a fetch or an exchange. The institution signs exactly this figure."""
+    return records * (sync_rate if kind == "sync" else fetch_rate)
+
+
 def platform_fee(units: int, fee_bps: int) -> int:
     """The fee the contract withholds from an exchange's units (rounded down, as Solidity divides)."""
     return units * fee_bps // BPS_DENOMINATOR

@@ -7,12 +7,17 @@ unrelayed nonces, a dispute, and a reversal. See docs/typed-data.md for the type
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 
 from medmeter.chain.ledger import code_to_bytes32
+from medmeter.errors import InputError
+from medmeter.fileio import write_json_atomic
 from medmeter.signing.interaction import EIP712_DOMAIN_TYPE, Domain
 
 NONCES_PER_WORD = 256
@@ -129,3 +134,81 @@ def nonce_masks(nonces: list[int]) -> dict[int, int]:
         word, bit = divmod(nonce, NONCES_PER_WORD)
         masks[word] = masks.get(word, 0) | (1 << bit)
     return masks
+
+
+# ---------------------------------------------------------------------------------- files the clinic hands over
+
+MESSAGE_FILE_FORMAT = "medmeter-signed-message/1"
+
+
+def write_message_file(
+    path: Path, primary: str, message: dict[str, Any], domain: Domain, signatures: dict[str, bytes]
+) -> Path:
+    """A signed message as the file a clinic gives the platform: the typed data and its signatures.
+    Nothing in it is secret, and the platform can submit it but not change it."""
+    plain = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in message.items()}
+    write_json_atomic(
+        path,
+        {
+            "format": MESSAGE_FILE_FORMAT,
+            "type": primary,
+            "chain_id": domain.chain_id,
+            "ledger": domain.verifying_contract,
+            "message": plain,
+            "signatures": {name: "0x" + sig.hex() for name, sig in signatures.items()},
+        },
+    )
+    return path
+
+
+def read_message_file(path: Path, primary: str, domain: Domain) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(message, signatures) of a file `write_message_file` wrote, for this ledger; InputError otherwise."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(
+            f"cannot read {path} as a signed message ({exc}): pass the file the institution made."
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != MESSAGE_FILE_FORMAT or data.get("type") != primary:
+        raise InputError(
+            f"{path} is not a signed {primary} message: pass the file `medmeter consent` (or the "
+            "command that made it) wrote."
+        )
+    if (
+        data.get("chain_id") != domain.chain_id
+        or str(data.get("ledger", "")).lower() != domain.verifying_contract.lower()
+    ):
+        raise InputError(
+            f"{path} was signed for ledger {data.get('ledger')} on chain {data.get('chain_id')}, not this ledger "
+            f"{domain.verifying_contract} on chain {domain.chain_id}: have the institution sign it for this ledger."
+        )
+    fields = {f["name"]: f["type"] for f in MESSAGE_TYPES[primary]}
+    raw = data.get("message")
+    if not isinstance(raw, dict) or set(raw) != set(fields):
+        raise InputError(f"{path}: the message must have exactly the fields {', '.join(fields)}.")
+    message: dict[str, Any] = {}
+    for name, kind in fields.items():
+        value = raw[name]
+        try:
+            if kind == "bytes32":
+                decoded = bytes.fromhex(str(value).removeprefix("0x"))
+                if len(decoded) != 32:
+                    raise ValueError
+                message[name] = decoded
+            elif kind.startswith("uint"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError
+                message[name] = value
+            elif kind == "address":
+                message[name] = to_checksum_address(str(value))
+            else:
+                message[name] = str(value)
+        except ValueError:
+            raise InputError(f"{path}: message field {name} is not a valid {kind}.") from None
+    signatures = {}
+    for name, sig in (data.get("signatures") or {}).items():
+        try:
+            signatures[str(name)] = bytes.fromhex(str(sig).removeprefix("0x"))
+        except ValueError:
+            raise InputError(f"{path}: signature {name} is not hex.") from None
+    return message, signatures

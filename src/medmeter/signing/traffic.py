@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from medmeter.intake.categories import CATEGORIES, Category
 from medmeter.intake.payload import content_hash, summarize_fhir_bundle
 from medmeter.intake.synthetic import synthetic_bundle
+from medmeter.settlement.crediting import gross_units, platform_fee
 from medmeter.signing.interaction import ZERO_ADDRESS, Domain, Interaction, InteractionSigner, Kind, SignedInteraction
 
 KIND_WEIGHTS = {Kind.SYNC: 0.45, Kind.FETCH: 0.25, Kind.EXCHANGE: 0.30}
@@ -90,7 +91,7 @@ class TrafficGenerator:
                 if kind is Kind.EXCHANGE:
                     provider = rng.choice([i for i in self.institutions if i.address != actor.address])
                     counterparty = provider.address
-                    position[provider.address] += units - units * tariff.fee_bps // 10_000
+                    position[provider.address] += units - platform_fee(units, tariff.fee_bps)
             payload = synthetic_bundle(rng, category, records)
             if self.validate_fhir:
                 summary = summarize_fhir_bundle(payload, f"synthetic bundle {self.produced}", category.id)
@@ -103,6 +104,7 @@ class TrafficGenerator:
                 counterparty=counterparty,
                 category=category.id,
                 records=records,
+                units=gross_units(kind.word, records, sync_rate, fetch_rate),
                 data_hash=data_hash,
                 nonce=self.nonce[actor.address],
                 deadline=self.now + DEADLINE_SECONDS,
