@@ -32,6 +32,7 @@ from medmeter.chain.ledger import Ledger, encode_record_batch
 from medmeter.chain.rpc import Transactor, connect, wait_until
 from medmeter.fileio import write_json_atomic
 from medmeter.relay.engine import relay
+from medmeter.signing.consent import registration
 from medmeter.signing.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
 from medmeter.signing.traffic import SimulatedInstitution, Tariff, TrafficGenerator
 from medmeter.toolchain import devnet
@@ -39,6 +40,8 @@ from medmeter.toolchain.compiler import Artifact, compile_ledger
 from medmeter.workspace import Workspace
 
 BENCH_CHAIN_ID = 31338
+# Registration consents the benchmark's clinics sign stay valid this long (unix time).
+CONSENT_DEADLINE = 2**40
 INSTITUTIONS = 10
 CREDIT_LINE = 10**9
 WINDOW = 5_000
@@ -109,7 +112,9 @@ def deploy_ledger(chain: BenchChain, artifact: Artifact) -> tuple[Ledger, list[A
     apply_default_tariff(ledger)
     clinics = [Account.create() for _ in range(INSTITUTIONS)]
     for index, clinic in enumerate(clinics):
-        ledger.register(clinic.address, f"BENCH-{index:03d}", f"Bench Clinic {index}", CREDIT_LINE)
+        code, name = f"BENCH-{index:03d}", f"Bench Clinic {index}"
+        consent = registration(clinic.address, code, name, CONSENT_DEADLINE, ledger.domain, clinic)
+        ledger.register(clinic.address, code, name, CREDIT_LINE, CONSENT_DEADLINE, consent)
     return ledger, clinics
 
 
@@ -183,8 +188,9 @@ def naive_throughput(chain: BenchChain, ledger: Ledger, clinics: list[Any], coun
     for index in range(count):
         clinic = clinics[index % len(clinics)]
         interaction = Interaction(
-            Kind.SYNC, clinic.address, ZERO_ADDRESS, 2, 1, "0x" + "11" * 32, first_nonce + index, 2**40
-        )
+            Kind.SYNC, clinic.address, ZERO_ADDRESS, 2, 1, ledger.price(Kind.SYNC, 2, 1), "0x" + "11" * 32,
+            first_nonce + index, 2**40,
+        )  # fmt: skip
         signed = sign_interaction(interaction, ledger.domain, clinic)
         tx_hash = ledger.contract.functions.recordInteraction(signed.as_contract_arg()).transact({"from": relayer})
         w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)  # web3 default 0.1 s would flatter us

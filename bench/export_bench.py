@@ -44,6 +44,8 @@ from medmeter.export.events import (
 from medmeter.export.exporter import TARGET_ROWS_PER_REQUEST, Exporter
 from medmeter.export.logs import fetch_logs
 from medmeter.export.reading import read_export
+from medmeter.settlement.crediting import gross_units
+from medmeter.signing.consent import registration
 from medmeter.signing.interaction import ZERO_ADDRESS, Interaction, Kind
 from medmeter.toolchain.compiler import compile_ledger
 from medmeter.toolchain.devnet import anvil_command, free_port, rpc_ready
@@ -90,7 +92,10 @@ def generate_and_record(ledger: Ledger, admin, count: int, batch: int, seed: int
     started = time.perf_counter()
     institutions = [Account.create() for _ in range(INSTITUTIONS)]
     for index, account in enumerate(institutions):
-        ledger.register(account.address, f"BENCH-{index:03d}", f"Bench Clinic {index}", CREDIT_LINE)
+        code, name = f"BENCH-{index:03d}", f"Bench Clinic {index}"
+        consent = registration(account.address, code, name, 2**40, ledger.domain, account)
+        ledger.register(account.address, code, name, CREDIT_LINE, 2**40, consent)
+    rates = {c: ledger.call(ledger.contract.functions.rateOf(c))[:2] for c in range(1, 8)}
     signers = {a.address: signer_for(ledger.domain, a) for a in institutions}
     nonces = dict.fromkeys(signers, 0)
     rng = random.Random(seed)
@@ -109,8 +114,10 @@ def generate_and_record(ledger: Ledger, admin, count: int, batch: int, seed: int
             counterparty = ZERO_ADDRESS
             if kind is Kind.EXCHANGE:
                 counterparty = rng.choice([a.address for a in institutions if a.address != actor])
+            category, records = rng.randint(1, 7), rng.randint(1, 20)
+            units = gross_units(kind.word, records, *rates[category])
             interaction = Interaction(
-                kind, actor, counterparty, rng.randint(1, 7), rng.randint(1, 20), "0x" + rng.randbytes(32).hex(),
+                kind, actor, counterparty, category, records, units, "0x" + rng.randbytes(32).hex(),
                 nonces[actor], deadline,
             )  # fmt: skip
             nonces[actor] += 1

@@ -6,13 +6,21 @@ network is its own anvil, gone when the script ends, and the workspace's ledger 
 
 from scripts._workspace import brownie_workspace
 
-from brownie import MeteringLedger, accounts, chain  # type: ignore[attr-defined]
-from medmeter.chain.deployment import Deployment, record_deployment
+from brownie import MeteringLedger, MeteringLedgerExtension, accounts, chain  # type: ignore[attr-defined]
+from medmeter.chain.deployment import (
+    DEFAULT_ADMIN_TRANSFER_DELAY,
+    DEFAULT_DISPUTE_WINDOW,
+    DEFAULT_RECOVERY_DELAY,
+    Deployment,
+    record_deployment,
+)
+from medmeter.toolchain.compiler import merged_abi
 
 
 def main() -> str:
     admin = accounts[0]
-    ledger = MeteringLedger.deploy(admin, {"from": admin})
+    delays = (DEFAULT_ADMIN_TRANSFER_DELAY, DEFAULT_RECOVERY_DELAY, DEFAULT_DISPUTE_WINDOW)
+    ledger = MeteringLedger.deploy(admin, *delays, {"from": admin})
     receipt = ledger.tx
     path = record_deployment(
         brownie_workspace(),
@@ -22,7 +30,7 @@ def main() -> str:
             block=receipt.block_number,
             tx_hash=receipt.txid,
             deployer=admin.address,
-            abi=MeteringLedger.abi,
+            abi=merged_abi(MeteringLedger.abi, MeteringLedgerExtension.abi),
             source_hash="brownie",
         ),
     )

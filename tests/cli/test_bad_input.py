@@ -309,7 +309,7 @@ NOT_THE_LEDGER = {
     "reverts": (bytes([0x60, 0x00, 0x60, 0x00, 0xFD]), "is not a MeteringLedger (ContractLogicError)"),
     "returns-another-id": (
         bytes([0x7F]) + b"\x11" * 32 + bytes([0x60, 0x00, 0x52, 0x60, 0x20, 0x60, 0x00, 0xF3]),
-        "is not a MeteringLedger v1",
+        "is not a MeteringLedger v2",
     ),
     "no-code": (b"", "no contract at"),
 }

@@ -179,7 +179,7 @@ def test_deploy_writes_the_deployment_file(ws: CliWorkspace) -> None:
     assert receipt["contractAddress"] == deployment["address"]
     assert receipt["blockNumber"] == deployment["block"]
     ledger = ws.ledger(w3)
-    assert ledger.functions.LEDGER_ID().call() == Web3.keccak(text="medmeter.MeteringLedger.v1")
+    assert ledger.functions.LEDGER_ID().call() == Web3.keccak(text="medmeter.MeteringLedger.v2")
     operator = ws.account("operator").address
     assert ledger.functions.hasRole(Web3.keccak(text="RELAYER_ROLE"), operator).call()
 

@@ -38,8 +38,8 @@ def settled(env, tmp_path):
     return env, settle_period(env.ledger, read_export(out).to_pandas(), 1)
 
 
-def contract_verifies(env, leaf: SettlementLeaf, proof: list[bytes]) -> bool:
-    fn = env.ledger.contract.functions.verifySettlementRow(leaf.as_contract_arg(), proof)
+def contract_verifies(env, leaf: SettlementLeaf, proof: list[bytes], version: int = 1) -> bool:
+    fn = env.ledger.contract.functions.verifySettlementRowAt(leaf.as_contract_arg(), version, proof)
     return bool(env.ledger.call(fn))
 
 
@@ -201,3 +201,79 @@ def test_cli_verify_rejects_a_file_that_is_not_a_statement(cli_workspace: CliWor
     path.write_text(json.dumps({"hello": 1}))
     result = CliRunner().invoke(cli, ["verify-statement", str(path)])
     assert result.exit_code != 0 and "is not a medmeter settlement statement" in str(result.exception)
+
+
+def _statement_of(settled_env):
+    env, settlement = settled_env
+    anchor_settlement(env.ledger, settlement)
+    statements = build_statements(settlement, env.ledger)
+    # the institution that provided data to others: it has a fee and exchange-in units to tamper with
+    return env, max(statements.values(), key=lambda s: s["report_row"]["fee_units"])
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["fee_units", "units_moved_between_kinds", "name", "opening_balance", "exchange_in_count"],
+)
+def test_every_figure_a_statement_shows_is_checked_against_the_chain(settled, tamper):
+    env, statement = _statement_of(settled)
+    assert verify_statement(env.w3, statement, env.ledger.address).ok
+    report = statement["report_row"]
+    assert report["fee_units"] > 0 and report["exchange_in_units"] > 0
+    if tamper == "fee_units":
+        report["fee_units"] += 500
+    elif tamper == "units_moved_between_kinds":
+        moved = min(report["exchange_in_units"], 5)
+        report["exchange_in_units"] -= moved
+        report["sync_units"] += moved
+    elif tamper == "name":
+        statement["name"] = "Another Clinic"
+    elif tamper == "opening_balance":
+        report["opening_balance"] += 1
+    else:
+        report["exchange_in_count"] += 1
+    result = verify_statement(env.w3, statement, env.ledger.address)
+    assert not result.ok
+    failed = {check.name: check.detail for check in result.failures()}
+    check = "registry" if tamper == "name" else "figures"
+    named = "Another Clinic" if tamper == "name" else ("sync_units" if tamper.startswith("units") else tamper)
+    assert check in failed and named in failed[check], failed
+    # a figure the Merkle leaf also carries fails against the proven row as well
+    assert ("report row" in failed) == (tamper == "exchange_in_count")
+
+
+def test_verify_statement_refuses_to_say_verifies_without_a_pinned_ledger(
+    settled, cli_workspace, tmp_path, monkeypatch
+):
+    env, statement = _statement_of(settled)
+    path = tmp_path / "statement.json"
+    path.write_text(json.dumps(statement))
+    monkeypatch.setenv("MEDMETER_HOME", str(tmp_path / "elsewhere"))  # no deployment file to pin it by
+    result = CliRunner().invoke(cli, ["verify-statement", str(path)])
+    assert result.exit_code != 0
+    assert "nothing pins that address" in str(result.exception) and "--ledger" in str(result.exception)
+    assert "verifies:" not in result.output
+    printed = statement["verify_with"].replace("<this file>", str(path))
+    assert f"--ledger {env.ledger.address}" in printed  # the printed command works as printed
+
+
+def test_a_wrong_root_is_superseded_in_the_open_before_it_is_final(settled):
+    env, settlement = settled
+    _, good_tree = settlement_tree(settlement)
+    wrong = settlement.rows.copy()
+    wrong.loc[0, "credited_units"] += 1
+    from dataclasses import replace
+
+    wrong_settlement = replace(settlement, rows=wrong)
+    anchor_settlement(env.ledger, wrong_settlement)
+    with pytest.raises(StatementError, match="--supersede"):
+        anchor_settlement(env.ledger, settlement)
+    replaced = anchor_settlement(env.ledger, settlement, supersede_reason="row 0 credited one unit too many")
+    assert replaced.tx_hash is not None
+    version, root, is_final = env.ledger.call(env.ledger.contract.functions.settlementStatus(1))
+    assert (version, bytes(root), is_final) == (2, good_tree.root, False)
+    first = env.ledger.call(env.ledger.contract.functions.settlementVersion(1, 1))
+    assert bytes(first[0]) == settlement_tree(wrong_settlement)[1].root  # every version stays readable
+    statement = next(iter(build_statements(settlement, env.ledger).values()))
+    assert statement["settlement_version"] == 2
+    assert verify_statement(env.w3, statement, env.ledger.address).ok

@@ -26,6 +26,9 @@ from medmeter.relay.engine import relay
 from medmeter.signing.interaction import Kind, iter_json_lines
 from medmeter.toolchain import devnet
 
+# The devnet demo's delays (seconds): short enough to watch a recovery or a root become final.
+DEMO_DELAYS = {"recovery_delay": 300, "dispute_window": 120, "admin_transfer_delay": 60}
+
 Progress = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]
 
 
@@ -44,7 +47,7 @@ def run_demo(
     operator = session.operator()
     echo("      compiling (cached after the first run) and deploying the ledger, about 20 s...")
     previous = remember(workspace, session.w3.eth.chain_id)
-    deployment = deploy(workspace, session.w3, Transactor(session.w3, operator))
+    deployment = deploy(workspace, session.w3, Transactor(session.w3, operator), **DEMO_DELAYS)
     echo(f"[2/9] deployed MeteringLedger at {deployment.address} in block {deployment.block}")
     if (kept := keep_aside(previous)) is not None:
         echo(f"      (the previous deployment file is kept as {kept})")

@@ -90,6 +90,9 @@ def deploy(
     artifact: Artifact | None = None,
     *,
     evm_version: str | None = None,
+    recovery_delay: int = DEFAULT_RECOVERY_DELAY,
+    dispute_window: int = DEFAULT_DISPUTE_WINDOW,
+    admin_transfer_delay: int = DEFAULT_ADMIN_TRANSFER_DELAY,
 ) -> Deployment:
     """Compile (cached) for the node's EVM version, deploy and record `deployments/<chain-id>.json`.
 
@@ -97,7 +100,14 @@ def deploy(
     the node executes (`compiler.detect_evm_version`): cancun code reverts on a shanghai node."""
     if artifact is None:
         artifact = compile_ledger(workspace, evm_version=evm_version_for(w3, evm_version))
-    deployment = deploy_contract(w3, transactor, artifact)
+    deployment = deploy_contract(
+        w3,
+        transactor,
+        artifact,
+        admin_transfer_delay=admin_transfer_delay,
+        recovery_delay=recovery_delay,
+        dispute_window=dispute_window,
+    )
     record_deployment(workspace, deployment)
     return deployment
 

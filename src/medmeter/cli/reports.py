@@ -245,13 +245,22 @@ def report_cmd(
 
 @click.command("anchor")
 @click.option("--period", type=PERIOD, required=True, help="The closed period to anchor: its number, or `last`.")
+@click.option(
+    "--supersede",
+    "supersede",
+    is_flag=True,
+    help="Replace a different root anchored earlier (only before it is final); needs --reason.",
+)
+@click.option("--reason", help="With --supersede: the published explanation (its keccak256 goes on chain).")
 @_EXPORT_DIR_OPTION
 @click.pass_context
-def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None:
+def anchor_cmd(ctx: click.Context, period: int, supersede: bool, reason: str | None, export_dir: Path | None) -> None:
     """Anchor the Merkle root of a period's settlement rows on chain (settler role, --operator).
 
     Computes the rows exactly as `report` does (reconciled), builds the tree of their leaves and
-    calls anchorSettlement. Anchoring the same root again is a no-op; a different root is refused."""
+    proposes it (version 1); it becomes final after the ledger's dispute window. Anchoring the same
+    root again is a no-op; a different root is refused unless --supersede --reason is given and the
+    anchored one is not final yet (every version stays readable on chain, with its event)."""
     from medmeter.app.pipeline import settle_from_export
     from medmeter.statement.statements import anchor_settlement
 
@@ -260,7 +269,9 @@ def anchor_cmd(ctx: click.Context, period: int, export_dir: Path | None) -> None
     [period] = _period_choice(ledger, period, False)
     export = _run_export(ctx, out=export_dir)
     settlement = settle_from_export(ledger, export, period)
-    result = anchor_settlement(session.ledger(), settlement)
+    if supersede and not reason:
+        raise click.UsageError("--supersede needs --reason TEXT: say publicly why the root is replaced.")
+    result = anchor_settlement(session.ledger(), settlement, supersede_reason=reason if supersede else None)
     if result.tx_hash is None:
         click.echo(f"period {period} is already anchored with root {result.root} ({result.institution_count} rows)")
     else:
@@ -323,10 +334,12 @@ def statement_cmd(ctx: click.Context, who: str, period: int, output: Path | None
 def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | None, as_json: bool) -> None:
     """Check a settlement statement against the chain, trusting nothing but the node.
 
-    Recomputes the leaf and the Merkle root in Python, compares the root with the one anchored on
-    chain, asks the contract's verifySettlementRow view, and checks the closing balance and debt
-    against the contract's state at the period's last block. Needs only --rpc-url (no deployment
-    file, no keystore). Exits 1 with the reason if any check fails."""
+    Recomputes the leaf and the Merkle root in Python, compares the root with the latest one
+    anchored on chain, asks the contract's verifySettlementRowAt view for the statement's version,
+    checks every figure it shows against the contract's cumulative counters and positions at the
+    period's blocks, and its code and name against the registry. Says whether the root is final
+    and whether a key recovery is pending. Refuses to say "verifies" unless the ledger is pinned
+    (--ledger, or this workspace's deployment file). Exits 1 with the reason if any check fails."""
     from medmeter.statement.statements import StatementError, failure_sentence, load_statement, verify_statement
 
     session = session_of(ctx)
@@ -345,16 +358,22 @@ def verify_statement_cmd(ctx: click.Context, file: Path, expected_ledger: str | 
     else:
         for check in result.checks:
             click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<16} {check.detail}")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if not result.ok:
         raise StatementError(failure_sentence(result, file))
+    if pinned_by is None:
+        raise StatementError(
+            f"every check of {file} passed against ledger {statement['ledger']}, but nothing pins that address: a "
+            "genuine ledger someone else deployed would pass too. Run again with --ledger ADDRESS (the address your "
+            "institution was registered on, from the platform's published deployment)."
+        )
+    state = "final" if result.final else "not final yet: it may still be superseded within the dispute window"
     click.echo(
         f"statement {file} verifies: period {statement['period']} row of {statement['row']['institution']} is part of "
-        f"the settlement anchored in ledger {statement['ledger']} on chain {statement['chain_id']}"
+        f"settlement version {statement.get('settlement_version')} ({state}) in ledger {statement['ledger']} on "
+        f"chain {statement['chain_id']}; ledger pinned by {pinned_by}"
     )
-    if pinned_by is None:
-        click.echo("(pass --ledger ADDRESS to also pin the ledger address you trust)")
-    else:
-        click.echo(f"(ledger address pinned by {pinned_by})")
 
 
 def _workspace_ledger(session: Any) -> tuple[str | None, str | None]:

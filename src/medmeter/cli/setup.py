@@ -55,8 +55,25 @@ def compile_cmd(ctx: click.Context, force: bool) -> None:
     help="Deploy another ledger even if this workspace has a live one; the old deployment file is kept "
     "as deployments/<chain-id>-<address>.json.",
 )
+@click.option("--evm-version", type=click.Choice(["shanghai", "cancun"]), help="Default: what the node runs.")
+@click.option(
+    "--recovery-delay",
+    type=click.IntRange(1, 90 * 24 * 3600),
+    default=48 * 3600,
+    show_default=True,
+    help="Seconds a registrar's key recovery waits, so the institution can cancel it (fixed at deploy).",
+)
+@click.option(
+    "--dispute-window",
+    type=click.IntRange(1, 90 * 24 * 3600),
+    default=48 * 3600,
+    show_default=True,
+    help="Seconds an anchored settlement root can still be superseded before it is final (fixed at deploy).",
+)
 @click.pass_context
-def deploy(ctx: click.Context, new_ledger: bool) -> None:
+def deploy(
+    ctx: click.Context, new_ledger: bool, evm_version: str | None, recovery_delay: int, dispute_window: int
+) -> None:
     """Compile and deploy the ledger; writes deployments/<chain-id>.json. The operator gets every role.
 
     If this workspace already has a live ledger on the node's chain (after `make demo`, say),
@@ -84,7 +101,14 @@ def deploy(ctx: click.Context, new_ledger: bool) -> None:
     operator = session.operator()
     previous = remember(session.workspace, chain_id)
     note("compiling (cached after the first time) and deploying the ledger; this can take about 20 s...")
-    deployment = deploy_ledger(session.workspace, session.w3, Transactor(session.w3, operator))
+    deployment = deploy_ledger(
+        session.workspace,
+        session.w3,
+        Transactor(session.w3, operator),
+        evm_version=evm_version,
+        recovery_delay=recovery_delay,
+        dispute_window=dispute_window,
+    )
     click.echo(f"MeteringLedger at {deployment.address} (chain {deployment.chain_id}, block {deployment.block})")
     if (kept := keep_aside(previous)) is not None:
         click.echo(f"the previous deployment file is kept as {kept} (use it with --deployment)")

@@ -16,6 +16,7 @@ from medmeter.chain.ledger import Ledger
 from medmeter.contract.facts import MAX_RECORDS_PER_INTERACTION, Kind
 from medmeter.contract.revert_advice import STATUS_NAMES
 from medmeter.relay.digests import Digester
+from medmeter.settlement.crediting import gross_units
 from medmeter.signing.interaction import ZERO_ADDRESS, SignedInteraction
 
 REGISTRY_TTL_SECONDS = 2.0
@@ -86,11 +87,9 @@ class ChainView:
 
 
 def price_refusal(item: SignedInteraction, rates: dict[int, tuple[int, int]]) -> Refusal | None:
-    """The one place where an item's price is checked against the tariff.
-
-    Today the contract prices an interaction (records x the category's rate) and the item carries no
-    price, so the check is that the category has a rate. Once the signed interaction carries the
-    `units` the institution agreed to, they must equal the tariff's price, or the contract refuses it."""
+    """The one place where an item's price is checked against the tariff: the `units` the institution
+    signed must equal records x the category's rate (the crediting module's `gross_units`), or the
+    contract refuses it with UnitsMismatch."""
     interaction = item.interaction
     rate = rates.get(interaction.category)
     if rate is None:
@@ -99,10 +98,9 @@ def price_refusal(item: SignedInteraction, rates: dict[int, tuple[int, int]]) ->
             f"category {interaction.category} has no rate in the tariff: sign the interaction with a category the "
             "platform prices (see `medmeter tariff show`).",
         )
-    per_record = rate[0] if interaction.kind is Kind.SYNC else rate[1]
-    expected = interaction.records * per_record
-    agreed = getattr(interaction, "units", None)
-    if agreed is not None and int(agreed) != expected:
+    expected = gross_units(interaction.kind.word, interaction.records, rate[0], rate[1])
+    agreed = interaction.units
+    if int(agreed) != expected:
         return Refusal(
             "UnitsMismatch",
             f"the interaction agrees to {agreed} units but the tariff prices {interaction.records} record(s) of "

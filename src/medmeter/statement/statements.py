@@ -67,7 +67,80 @@ CSV_COLUMN = {
 
 # Only what verification needs, so that a verifier depends on nothing the analyst supplied.
 _UINT = [{"name": "", "type": "uint256"}]
+_ROW_ARG = {
+    "name": "row",
+    "type": "tuple",
+    "internalType": "struct IMeteringLedger.SettlementRow",
+    "components": [{"name": sol, "type": t} for _, sol, t in LEAF_FIELDS],
+}
+# The contract's `Counters` struct, in order (the settlement columns they total are in settlement.period).
+COUNTER_COMPONENTS = [
+    {"name": name, "type": "uint256"}
+    for name in (
+        "syncCount",
+        "syncUnits",
+        "fetchCount",
+        "fetchUnits",
+        "exchangeInCount",
+        "exchangeInUnits",
+        "exchangeOutCount",
+        "exchangeOutUnits",
+        "feeUnits",
+    )
+]
 VERIFIER_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "verifySettlementRowAt",
+        "stateMutability": "view",
+        "inputs": [_ROW_ARG, {"name": "version", "type": "uint256"}, {"name": "proof", "type": "bytes32[]"}],
+        "outputs": [{"name": "", "type": "bool"}],
+    },
+    {
+        "type": "function",
+        "name": "settlementStatus",
+        "stateMutability": "view",
+        "inputs": [{"name": "period", "type": "uint256"}],
+        "outputs": [
+            {"name": "version", "type": "uint256"},
+            {"name": "root", "type": "bytes32"},
+            {"name": "isFinal", "type": "bool"},
+        ],
+    },
+    {
+        "type": "function",
+        "name": "countersOf",
+        "stateMutability": "view",
+        "inputs": [{"name": "account", "type": "address"}],
+        "outputs": [
+            {
+                "name": "counters",
+                "type": "tuple",
+                "internalType": "struct IMeteringLedger.Counters",
+                "components": COUNTER_COMPONENTS,
+            }
+        ],
+    },
+    {
+        "type": "function",
+        "name": "institution",
+        "stateMutability": "view",
+        "inputs": [{"name": "account", "type": "address"}],
+        "outputs": [
+            {"name": "code", "type": "bytes32"},
+            {"name": "displayName", "type": "string"},
+            {"name": "signer", "type": "address"},
+            {"name": "status", "type": "uint8"},
+            {"name": "creditLine", "type": "uint256"},
+        ],
+    },
+    {
+        "type": "function",
+        "name": "pendingRecovery",
+        "stateMutability": "view",
+        "inputs": [{"name": "account", "type": "address"}],
+        "outputs": [{"name": "newSigner", "type": "address"}, {"name": "readyAt", "type": "uint256"}],
+    },
     {
         "type": "function",
         "name": "verifySettlementRow",
@@ -215,19 +288,33 @@ class AnchorResult:
     tx_hash: str | None  # None when the same root was already anchored
 
 
-def anchor_settlement(ledger: Ledger, settlement: PeriodSettlement) -> AnchorResult:
-    """Anchor the period's root (settler role). Idempotent for the same root; refuses a different one."""
+def anchor_settlement(
+    ledger: Ledger, settlement: PeriodSettlement, *, supersede_reason: str | None = None
+) -> AnchorResult:
+    """Anchor the period's root (settler role): version 1, final after the ledger's dispute window.
+    Idempotent for the same root. A different root replaces the anchored one only with a published
+    `supersede_reason` (its keccak256 goes on chain), and only before the anchored one is final."""
     leaves, tree = settlement_tree(settlement)
     root = tree.root
-    existing = bytes(ledger.call(ledger.contract.functions.settlementRoot(settlement.period)))
+    _version, existing, is_final = ledger.call(ledger.contract.functions.settlementStatus(settlement.period))
+    existing = bytes(existing)
     if existing == root:
         return AnchorResult(settlement.period, hex32(root), len(leaves), None)
     if existing != b"\0" * 32:
-        raise StatementError(
-            f"period {settlement.period} is already anchored with root {hex32(existing)}, but these settlement rows "
-            f"give {hex32(root)}: the rows differ from the ones anchored. Re-export with `medmeter export --restart` "
-            "and compare before publishing statements."
+        if supersede_reason is None:
+            raise StatementError(
+                f"period {settlement.period} is already anchored with root {hex32(existing)}, but these settlement "
+                f"rows give {hex32(root)}: the rows differ from the ones anchored. Re-export with `medmeter export "
+                "--restart` and compare; if the anchored root is wrong, replace it before it is final with "
+                "`medmeter anchor --supersede --reason TEXT`."
+                + (" It is already final and can no longer be replaced." if is_final else "")
+            )
+        receipt = ledger.transact(
+            ledger.contract.functions.supersedeSettlement(
+                settlement.period, root, len(leaves), keccak(text=supersede_reason)
+            )
         )
+        return AnchorResult(settlement.period, hex32(root), len(leaves), receipt["transactionHash"].to_0x_hex())
     receipt = ledger.anchor_settlement(settlement.period, root, len(leaves))
     return AnchorResult(settlement.period, hex32(root), len(leaves), receipt["transactionHash"].to_0x_hex())
 
@@ -244,7 +331,8 @@ def _plain(value: Any) -> Any:
 def build_statements(settlement: PeriodSettlement, ledger: Ledger) -> dict[str, dict[str, Any]]:
     """Every institution's statement for the period, by address; the root must already be anchored."""
     leaves, tree = settlement_tree(settlement)
-    anchored = bytes(ledger.call(ledger.contract.functions.settlementRoot(settlement.period)))
+    version, anchored, _final = ledger.call(ledger.contract.functions.settlementStatus(settlement.period))
+    anchored = bytes(anchored)
     if anchored == b"\0" * 32:
         raise StatementError(
             f"period {settlement.period} has no anchored settlement root: anchor it first with "
@@ -275,9 +363,13 @@ def build_statements(settlement: PeriodSettlement, ledger: Ledger) -> dict[str, 
             "proof": [hex32(p) for p in tree.proof(leaf_hash)],
             "root": hex32(tree.root),
             "institution_count": len(leaves),
+            "settlement_version": version,
             "report_row": {k: _plain(v) for k, v in report_rows[leaf.institution].items()},
             "generated_at": generated,
-            "verify_with": "medmeter verify-statement <this file> --rpc-url <a node of this chain>",
+            "verify_with": (
+                f"medmeter verify-statement <this file> --rpc-url <a node of chain {ledger.deployment.chain_id}> "
+                f"--ledger {ledger.address}"
+            ),
         }
     return statements
 
@@ -306,6 +398,8 @@ class Check:
 class Verification:
     statement: dict[str, Any]
     checks: list[Check] = field(default_factory=list)
+    final: bool = False  # the anchored version is past its dispute window
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -423,18 +517,26 @@ def _verify_on_chain(
     result.add("contract", is_ledger, f"{ledger_address} {'is' if is_ledger else 'is not'} a MeteringLedger v2")
     if not is_ledger:
         return
-    anchored = bytes(contract.functions.settlementRoot(period).call())
+    latest, anchored, is_final = contract.functions.settlementStatus(period).call()
+    anchored = bytes(anchored)
+    version = statement.get("settlement_version", latest)
     result.add(
         "anchored root",
-        anchored == root,
-        f"the root anchored on chain for period {period} is {hex32(anchored)}"
-        + ("" if anchored == root else f", not the statement's {hex32(root)}"),
+        anchored == root and version == latest,
+        f"the latest root anchored for period {period} is version {latest}, {hex32(anchored)}"
+        + ("" if anchored == root else f", not the statement's {hex32(root)}")
+        + ("" if version == latest else f"; the statement is of version {version}, since superseded"),
     )
-    view_ok = bool(contract.functions.verifySettlementRow(leaf.as_contract_arg(), proof).call())
+    result.final = bool(is_final)
+    view_ok = bool(
+        contract.functions.verifySettlementRowAt(
+            leaf.as_contract_arg(), int(version) if isinstance(version, int) else 0, proof
+        ).call()
+    )
     result.add(
         "contract view",
         view_ok,
-        f"verifySettlementRow(row, proof) on chain returned {str(view_ok).lower()}",
+        f"verifySettlementRowAt(row, {version}, proof) on chain returned {str(view_ok).lower()}",
     )
     try:
         from_block, to_block = contract.functions.periodRange(period).call()
@@ -461,6 +563,86 @@ def _verify_on_chain(
         f"at block {to_block} the contract holds balance {balance} and debt {debt}"
         + ("" if same_position else f", the row says {leaf.closing_balance} and {leaf.closing_debt}"),
     )
+    _verify_figures(contract, result, leaf, from_block, to_block)
+
+
+def _deployed_at(contract: Any, block: int) -> bool:
+    """Before its deployment block the ledger has no code: nothing was counted or held yet."""
+    return block >= 0 and len(contract.w3.eth.get_code(contract.address, block_identifier=block)) > 0
+
+
+def _counters(contract: Any, address: str, block: int) -> dict[str, int]:
+    if not _deployed_at(contract, block):
+        return {c["name"]: 0 for c in COUNTER_COMPONENTS}
+    values = contract.functions.countersOf(address).call(block_identifier=block)
+    return {c["name"]: int(v) for c, v in zip(COUNTER_COMPONENTS, values, strict=True)}
+
+
+# Every figure a statement shows, as the chain proves it: settlement column -> value from the
+# period's counters (closing minus opening) and positions.
+def _proven_figures(contract: Any, address: str, from_block: int, to_block: int) -> dict[str, int]:
+    opening, closing = _counters(contract, address, from_block - 1), _counters(contract, address, to_block)
+    delta = {name: closing[name] - opening[name] for name in closing}
+    figures = {
+        "sync_count": delta["syncCount"],
+        "sync_units": delta["syncUnits"],
+        "fetch_count": delta["fetchCount"],
+        "fetch_units": delta["fetchUnits"],
+        "exchange_in_count": delta["exchangeInCount"],
+        "exchange_in_units": delta["exchangeInUnits"],
+        "exchange_out_count": delta["exchangeOutCount"],
+        "exchange_out_units": delta["exchangeOutUnits"],
+        "fee_units": delta["feeUnits"],
+    }
+    figures["credited_units"] = figures["sync_units"] + figures["exchange_in_units"]
+    figures["debited_units"] = figures["fetch_units"] + figures["exchange_out_units"]
+    figures["net_units"] = figures["credited_units"] - figures["debited_units"]
+    figures["opening_balance"] = figures["opening_debt"] = 0
+    if _deployed_at(contract, from_block - 1):
+        figures["opening_balance"] = int(contract.functions.balanceOf(address).call(block_identifier=from_block - 1))
+        figures["opening_debt"] = int(contract.functions.debtOf(address).call(block_identifier=from_block - 1))
+    figures["closing_balance"] = int(contract.functions.balanceOf(address).call(block_identifier=to_block))
+    figures["closing_debt"] = int(contract.functions.debtOf(address).call(block_identifier=to_block))
+    return figures
+
+
+def _verify_figures(contract: Any, result: Verification, leaf: SettlementLeaf, from_block: int, to_block: int) -> None:
+    """Every figure the statement shows (the proven row and the report row) against the chain's own
+    counters and positions, and its code and name against the registry at the period's end."""
+    statement = result.statement
+    proven = _proven_figures(contract, leaf.institution, from_block, to_block)
+    shown: dict[str, Any] = {CSV_COLUMN[name]: getattr(leaf, name) for name in CSV_COLUMN}
+    report_row = statement.get("report_row")
+    if isinstance(report_row, dict):
+        shown |= {k: v for k, v in report_row.items() if k in proven}
+    wrong = []
+    for column, value in shown.items():
+        if column in proven and str(value) != str(proven[column]):
+            wrong.append(f"{column} {value} (the chain's counters give {proven[column]})")
+    result.add(
+        "figures",
+        not wrong,
+        f"{len([c for c in shown if c in proven])} figures agree with the chain's counters and positions"
+        if not wrong
+        else "these figures differ from the chain: " + "; ".join(wrong),
+    )
+    code, name, _signer, _status, _line = contract.functions.institution(leaf.institution).call(
+        block_identifier=to_block
+    )
+    code_text = bytes(code).rstrip(b"\0").decode("utf-8", errors="replace")
+    same = (statement.get("code"), statement.get("name")) == (code_text, name)
+    result.add(
+        "registry",
+        same,
+        f"the registry names {leaf.institution} {code_text} ({name}) at block {to_block}"
+        + ("" if same else f", the statement says {statement.get('code')} ({statement.get('name')})"),
+    )
+    new_signer, ready_at = contract.functions.pendingRecovery(leaf.institution).call()
+    if int(new_signer, 16):
+        result.notes.append(
+            f"a recovery of this institution's key to {new_signer} is pending (effective from {ready_at}): if the "
+            "institution did not ask for it, cancel it with `medmeter institution recover cancel`"
+        )
 
 
 def failure_sentence(verification: Verification, path: Path | str) -> str:
