@@ -175,3 +175,37 @@ def test_a_tariff_change_inside_the_period_prices_each_row_by_the_tariff_then(en
         Exporter(ledger, tmp_path / "lied").run()
         with pytest.raises(ReconciliationError, match="4 records\) has units 21 and fee 0, the tariff gives 28 and 0"):
             settle_period(ledger, read_export(tmp_path / "lied").to_pandas(), 1)
+
+
+UNITS, FEE = 3, 4
+
+
+def _exchange_as_fetch_plus_invented_sync(logs):
+    """Every institution's net stays the chain's: the consumer still pays `units`, the provider still
+    gets `units - fee`; only kinds, counts and fee move (the lie issue 10 describes)."""
+    exchanges = [log for log in logs if log["topics"][0] == INTERACTION_RECORDED_TOPIC and _word(log, KIND) == 2]
+    if not exchanges:
+        return logs
+    log = exchanges[0]
+    provider_topic = log["topics"][2]
+    units, fee = _word(log, UNITS), _word(log, FEE)
+    invented = dict(log, topics=[log["topics"][0], provider_topic, "0x" + "00" * 32])
+    invented["logIndex"] = hex(int(log["logIndex"], 16) + 1000)
+    _set_word(invented, KIND, 0)
+    _set_word(invented, UNITS, units - fee)
+    _set_word(invented, FEE, 0)
+    log["topics"] = [log["topics"][0], log["topics"][1], "0x" + "00" * 32]
+    _set_word(log, KIND, 1)
+    _set_word(log, FEE, 0)
+    return [*logs, invented]
+
+
+def test_a_lie_that_keeps_every_net_fails_on_the_counters(traffic_env, tmp_path):
+    with lying_node(traffic_env.w3.provider.endpoint_uri, on_get_logs(_exchange_as_fetch_plus_invented_sync)) as url:
+        ledger = Ledger(connect(url), traffic_env.ledger.deployment)
+        Exporter(ledger, tmp_path / "export").run()
+        dataset = read_export(tmp_path / "export").to_pandas()
+        with pytest.raises(ReconciliationError, match="counters") as caught:
+            settle_period(ledger, dataset, 1)
+    message = str(caught.value)
+    assert "fee_units" in message and "exchange_in_count" in message and "events" in message and "chain" in message

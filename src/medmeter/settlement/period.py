@@ -337,10 +337,6 @@ def reconcile_counters(
         )
 
 
-def has_counters(ledger: Ledger) -> bool:
-    return any(item.get("name") == "countersOf" for item in ledger.deployment.abi)
-
-
 def period_info(ledger: Ledger, period: int) -> PeriodInfo:
     from_block, to_block = ledger.period_range(period)
     times = [datetime.fromtimestamp(ledger.w3.eth.get_block(n)["timestamp"], UTC) for n in (from_block, to_block)]
@@ -360,13 +356,14 @@ def settle_period(ledger: Ledger, dataset: pd.DataFrame, period: int) -> PeriodS
         read_positions(ledger, addresses, info.to_block),
     )
     reconcile(rows)
+    # Counters first: they name the institution, the field and both figures; pricing then catches
+    # what keeps every sum (a row's records or category).
+    reconcile_counters(
+        rows,
+        read_counters(ledger, addresses, info.from_block - 1),
+        read_counters(ledger, addresses, info.to_block),
+    )
     check_pricing(ledger, interactions, period, info.from_block, info.to_block)
-    if has_counters(ledger):
-        reconcile_counters(
-            rows,
-            read_counters(ledger, addresses, info.from_block - 1),
-            read_counters(ledger, addresses, info.to_block),
-        )
     return PeriodSettlement(
         info=info,
         institutions=institutions,
