@@ -184,7 +184,13 @@ def test_an_unknown_category_is_refused_client_side(ws: CliWorkspace, category: 
 
 def test_a_category_without_a_tariff_is_refused_on_chain(ws: CliWorkspace) -> None:
     out = ws.root / "category-99.jsonl"
-    sign_file(ws, out, "--category", 99, "--records", 2)  # a well-formed id: only the ledger knows it has no rate
+    files = guarded(ws, out)
+    # `sign` prices from the tariff on chain, so it refuses first and changes nothing ...
+    result = sign_file(ws, out, "--category", 99, "--records", 2, expect=1)
+    assert_clean_error(result, "category 99 has no tariff on this ledger", "medmeter tariff set")
+    assert guarded(ws, out) == files
+    # ... and an item signed elsewhere for such a category is refused by the ledger itself.
+    write_items(out, [craft(ws, "clinic-a", "sync", nonce=70_099, category=99)])
     relay_refusal(ws, out, "UnknownCategory: category 99 has no tariff")
 
 

@@ -115,7 +115,9 @@ def test_devnet_killed_mid_relay_then_a_rerun_records_everything_exactly_once(ki
     restarted = killable.run("devnet", "up")
     assert "started anvil" in restarted.stdout
     survived = nonce_keys(killable.recorded())
-    assert survived == mined  # what was mined and persisted is there; the unmined batches are gone
+    assert survived == mined, (
+        restarted.describe() + f" head {killable.w3().eth.block_number}"
+    )  # what was mined and persisted is there; the unmined batches are gone
 
     rerun = killable.run("relay", traffic, "--batch-size", BATCH_SIZE)
     assert f"recorded {RELAY_SIZE - len(mined)}, already recorded {len(mined)}, refused 0" in rerun.stdout
