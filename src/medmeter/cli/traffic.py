@@ -14,12 +14,26 @@ from medmeter.errors import MedmeterError
 
 
 @click.command()
-@click.argument("payload", type=click.Path(path_type=Path))
+@click.argument("payload", type=click.Path(path_type=Path), required=False)
 @click.option("--wallet", required=True, help="The signing institution's keystore name.")
+@click.option(
+    "--audit-events",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Sign this institution's share of a FHIR AuditEvent log (Bundle or NDJSON) instead of PAYLOAD.",
+)
+@click.option(
+    "--bulk-manifest",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Sign one interaction per output file of a FHIR Bulk Data $export manifest (with --kind).",
+)
+@click.option(
+    "--rules",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="With --audit-events: an operator's mapping table merged over the shipped one (docs/audit-events.md).",
+)
 @click.option(
     "--kind",
     type=click.Choice(["sync", "fetch", "exchange"]),
-    required=True,
     help="sync: this institution delivers PAYLOAD to the platform (credited); fetch: it obtains PAYLOAD from the "
     "platform (debited); exchange: it uses PAYLOAD delivered by --counterparty (debited, the provider credited).",
 )
@@ -48,9 +62,12 @@ from medmeter.errors import MedmeterError
 @click.pass_context
 def sign(
     ctx: click.Context,
-    payload: Path,
+    payload: Path | None,
     wallet: str,
-    kind: str,
+    audit_events: Path | None,
+    bulk_manifest: Path | None,
+    rules: Path | None,
+    kind: str | None,
     counterparty: str | None,
     category: str | None,
     any_file: bool,
@@ -72,7 +89,14 @@ def sign(
       medmeter sign samples/bundle.json --wallet clinic-b --kind exchange --counterparty PCI-0101 -o outbox.jsonl
       medmeter sign samples/scan.dcm --any-file --category imaging --records 1 --wallet clinic-a \\
           --kind sync -o outbox.jsonl
+      medmeter sign --audit-events samples/audit-events.json --wallet clinic-a -o outbox.jsonl
+      medmeter sign --bulk-manifest samples/bulk-manifest.json --kind sync --wallet clinic-a -o outbox.jsonl
     """
+    if audit_events is not None or bulk_manifest is not None:
+        _sign_log(ctx, wallet, audit_events, bulk_manifest, rules, kind, counterparty, valid_for, output)
+        return
+    if payload is None or kind is None:
+        raise click.UsageError("give PAYLOAD and --kind (or --audit-events FILE, or --bulk-manifest FILE --kind).")
     from medmeter.errors import InputError
     from medmeter.fileio import append_line
     from medmeter.intake.payload import summarize_path
@@ -108,6 +132,52 @@ def sign(
     click.echo(
         f"signed {kind} of {summary.records} record(s), category {summary.category}, {interaction.units} units, "
         f"nonce {interaction.nonce} -> {output}"
+    )
+
+
+def _sign_log(
+    ctx: click.Context,
+    wallet: str,
+    audit_events: Path | None,
+    bulk_manifest: Path | None,
+    rules: Path | None,
+    kind: str | None,
+    counterparty: str | None,
+    valid_for: int,
+    output: Path,
+) -> None:
+    """`sign --audit-events` / `--bulk-manifest`: this institution's candidates, signed and appended."""
+    from medmeter.errors import InputError
+    from medmeter.fileio import append_line
+    from medmeter.intake.audit_events import load_rules, read_audit_events, summarise
+    from medmeter.intake.bulk_manifest import read_bulk_manifest
+    from medmeter.signing.from_logs import registered_codes, sign_candidates
+    from medmeter.signing.interaction import iter_json_lines
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    account = session.keystores.unlock(wallet)
+    institution = ledger.call(ledger.contract.functions.institutionBySigner(account.address))
+    if int(institution, 16) == 0:
+        raise InputError(f"wallet {wallet} ({account.address}) is not the signer of any registered institution.")
+    codes = registered_codes(ledger)
+    own_code = next(code for code, address in codes.items() if address == institution)
+    if audit_events is not None:
+        intake = read_audit_events(audit_events, institutions=codes, rules=load_rules(rules))
+        summarise(intake, echo=lambda line: click.echo(line, err=True))
+        candidates = intake.candidates
+    else:
+        if kind is None:
+            raise click.UsageError("--bulk-manifest needs --kind: which way the files went (sync, fetch, exchange).")
+        candidates = read_bulk_manifest(
+            bulk_manifest, kind=kind, institution=own_code, institutions=codes, counterparty=counterparty
+        )
+    result = sign_candidates(ledger, account, institution, candidates, valid_for)
+    if result.signed:
+        append_line(output, "".join(iter_json_lines(result.signed)))
+    click.echo(
+        f"signed {len(result.signed)} interaction(s) for {own_code} -> {output}; {result.already_used} already on "
+        f"the ledger (a log read twice meters nothing twice), {result.others} for other institutions to sign"
     )
 
 
