@@ -68,6 +68,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "medmeter verify-statement statement-a.json",
         "medmeter verify-statement statement-a.json --ledger 0x5FbDB2315678afecb367f032d93F642f64180aa3",
     ),
+    "audit-events": (
+        "medmeter audit-events --period last",
+        "medmeter audit-events --period 1 --ndjson -o audit.ndjson",
+    ),
     "demo": ("medmeter demo", "medmeter demo --count 200 --seed 11"),
     "serve": ("medmeter serve --detach", "medmeter --rpc-url http://127.0.0.1:8600 serve --port 8700"),
     "serve stop": ("medmeter serve stop",),

@@ -385,3 +385,38 @@ def _workspace_ledger(session: Any) -> tuple[str | None, str | None]:
         return str(json.loads(path.read_text())["address"]), str(path)
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
+
+
+@click.command("audit-events")
+@click.option("--period", type=PERIOD, required=True, help="The closed period: its number, or `last`.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Default: reports/audit-events-<P>.json (or .ndjson).",
+)
+@click.option("--ndjson", is_flag=True, help="One AuditEvent per line instead of a collection Bundle.")
+@_EXPORT_DIR_OPTION
+@click.pass_context
+def audit_events_cmd(
+    ctx: click.Context, period: int, output: Path | None, ndjson: bool, export_dir: Path | None
+) -> None:
+    """Write a FHIR R4 AuditEvent (IHE BALP minimal pattern, no patient data) for every interaction
+    recorded in a closed period: who, what kind, category, records, units, and the transaction and
+    log index on chain, so the platform's audit repository holds the metering beside the exchange."""
+    from medmeter.app.pipeline import settle_from_export
+    from medmeter.export.fhir_audit import write_audit_events
+    from medmeter.export.reading import read_export
+
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    [period] = _period_choice(ledger, period, False)
+    export = _run_export(ctx, out=export_dir)
+    settlement = settle_from_export(ledger, export, period)  # reconciled first: never write unproven rows
+    rows = read_export(export.out_dir).to_pandas()
+    rows = rows[rows["period"] == period]
+    suffix = "ndjson" if ndjson else "json"
+    path = output or session.workspace.reports_dir / f"audit-events-{period}.{suffix}"
+    count = write_audit_events(rows, path, fmt="ndjson" if ndjson else "bundle", chain_id=ledger.deployment.chain_id)
+    units = int(settlement.interactions["units"].sum())
+    click.echo(f"{count} AuditEvent(s) for period {period} ({units} units in all) -> {path}")

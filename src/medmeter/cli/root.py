@@ -113,6 +113,7 @@ COMMANDS: tuple[click.Command, ...] = (
     reports.anchor_cmd,
     reports.statement_cmd,
     reports.verify_statement_cmd,
+    reports.audit_events_cmd,
     demo.demo,
     service.serve,
     service.submit,
