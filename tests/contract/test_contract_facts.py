@@ -38,8 +38,13 @@ def test_event_signatures_are_the_abis(artifact: Artifact):
         facts.INTERACTION_RECORDED_SIGNATURE,
         facts.INSTITUTION_REGISTERED_SIGNATURE,
         facts.PERIOD_CLOSED_SIGNATURE,
+        *facts.REGISTRY_EVENT_SIGNATURES,
     ):
         assert signature in events
+    by_name = {item["name"]: item for item in artifact.abi if item["type"] == "event"}
+    for signature in facts.REGISTRY_EVENT_SIGNATURES:
+        first = by_name[signature.split("(")[0]]["inputs"][0]
+        assert (first["name"], first["indexed"]) == ("institution", True), signature
 
 
 def test_every_custom_error_has_advice_and_no_advice_is_stale(artifact: Artifact):

@@ -277,3 +277,23 @@ def test_a_wrong_root_is_superseded_in_the_open_before_it_is_final(settled):
     statement = next(iter(build_statements(settlement, env.ledger).values()))
     assert statement["settlement_version"] == 2
     assert verify_statement(env.w3, statement, env.ledger.address).ok
+
+
+def test_verification_lists_what_happened_to_the_registration_in_the_period(env, tmp_path):
+    record_traffic(env, 12, seed=5, batch=6)
+    watched = env.institutions[2]
+    env.ledger.set_credit_line(watched.address, 777)
+    env.ledger.suspend(watched.address)
+    env.ledger.reinstate(watched.address)
+    env.ledger.close_period()
+    Exporter(env.ledger, tmp_path / "export").run()
+    settlement = settle_period(env.ledger, read_export(tmp_path / "export").to_pandas(), 1)
+    anchor_settlement(env.ledger, settlement)
+    statements = build_statements(settlement, env.ledger)
+    result = verify_statement(env.w3, statements[watched.address], env.ledger.address)
+    assert result.ok
+    changes = [note for note in result.notes if note.startswith("in the period:")]
+    names = [note.split(": ", 2)[2].split(" ")[0] for note in changes]
+    assert names[-3:] == ["CreditLineChanged", "InstitutionSuspended", "InstitutionReinstated"]
+    other = verify_statement(env.w3, statements[env.institutions[0].address], env.ledger.address)
+    assert not any("CreditLineChanged" in note or "Suspended" in note for note in other.notes)

@@ -67,3 +67,18 @@ def event_topic(signature: str) -> str:
 INTERACTION_RECORDED_TOPIC = event_topic(INTERACTION_RECORDED_SIGNATURE)
 INSTITUTION_REGISTERED_TOPIC = event_topic(INSTITUTION_REGISTERED_SIGNATURE)
 PERIOD_CLOSED_TOPIC = event_topic(PERIOD_CLOSED_SIGNATURE)
+
+# Events that change what an institution is on the ledger, each with `institution` as its first
+# indexed argument (topic 1): what a statement's verification lists for the period.
+REGISTRY_EVENT_SIGNATURES = (
+    "InstitutionRegistered(address,bytes32,string,uint256)",
+    "InstitutionSuspended(address)",
+    "InstitutionReinstated(address)",
+    "SignerRotated(address,address,address)",
+    "RecoveryStarted(address,address,uint256)",
+    "RecoveryCancelled(address,address,address)",
+    "RecoveryCompleted(address,address,address)",
+    "CreditLineChanged(address,uint256,uint256)",
+    "NoncesCancelled(address,uint256,uint256,uint256)",
+)
+REGISTRY_EVENT_NAMES = {event_topic(s): s.split("(", 1)[0] for s in REGISTRY_EVENT_SIGNATURES}

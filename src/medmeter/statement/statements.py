@@ -27,7 +27,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
 
 from medmeter.chain.ledger import Ledger
-from medmeter.contract.facts import LEDGER_ID
+from medmeter.contract.facts import LEDGER_ID, REGISTRY_EVENT_NAMES
 from medmeter.errors import StatementError
 from medmeter.fileio import write_json_atomic
 from medmeter.settlement.period import PeriodSettlement
@@ -637,12 +637,32 @@ def _verify_figures(contract: Any, result: Verification, leaf: SettlementLeaf, f
         f"the registry names {leaf.institution} {code_text} ({name}) at block {to_block}"
         + ("" if same else f", the statement says {statement.get('code')} ({statement.get('name')})"),
     )
+    for line in _registry_changes(contract, leaf.institution, from_block, to_block):
+        result.notes.append(f"in the period: {line}")
     new_signer, ready_at = contract.functions.pendingRecovery(leaf.institution).call()
     if int(new_signer, 16):
         result.notes.append(
             f"a recovery of this institution's key to {new_signer} is pending (effective from {ready_at}): if the "
             "institution did not ask for it, cancel it with `medmeter institution recover cancel`"
         )
+
+
+def _registry_changes(contract: Any, institution: str, from_block: int, to_block: int) -> list[str]:
+    """What happened to the institution's registration in the blocks (key changes, recoveries,
+    suspensions, credit-line changes, cancelled nonces), from the ledger's own events."""
+    logs = contract.w3.eth.get_logs(
+        {
+            "address": contract.address,
+            "fromBlock": max(from_block, 0),
+            "toBlock": to_block,
+            "topics": [list(REGISTRY_EVENT_NAMES), "0x" + bytes.fromhex(institution[2:]).rjust(32, b"\0").hex()],
+        }
+    )
+    return [
+        f"block {log['blockNumber']}: {REGISTRY_EVENT_NAMES['0x' + bytes(log['topics'][0]).hex()]} "
+        f"(tx {bytes(log['transactionHash']).hex()[:16]}...)"
+        for log in logs
+    ]
 
 
 def failure_sentence(verification: Verification, path: Path | str) -> str:
