@@ -136,6 +136,13 @@ class Ledger:
             raise InputError("this command needs the operator's keystore: pass --operator.")
         return self.transactor.transact(fn)
 
+    def institution_signed_by(self, signer: str, wallet: str) -> str:
+        """The institution whose current signer key is `signer` (the keystore `wallet`); InputError if none."""
+        address = self.call(self.contract.functions.institutionBySigner(signer))
+        if int(address, 16) == 0:
+            raise InputError(f"wallet {wallet} ({signer}) is not the signer of any registered institution.")
+        return address
+
     def price(self, kind: Kind, category: int, records: int, block: BlockIdentifier = "latest") -> int:
         """The units the tariff on chain gives (kind, category, records) now: what the institution signs."""
         from medmeter.settlement.crediting import gross_units

@@ -75,7 +75,7 @@ def rotate_key(ctx: click.Context, wallet: str, new_wallet: str, valid_for: int,
     ledger = session.ledger(as_operator=False)
     current = session.keystores.unlock(wallet)
     new_key = session.keystores.unlock(new_wallet)
-    institution = _institution_of(ledger, current.address, wallet)
+    institution = ledger.institution_signed_by(current.address, wallet)
     nonce = int(ledger.call(ledger.contract.functions.registryNonce(institution)))
     deadline = int(time.time()) + valid_for
     domain = ledger.domain
@@ -120,7 +120,7 @@ def cancel(
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
     signer = session.keystores.unlock(wallet)
-    institution = _institution_of(ledger, signer.address, wallet)
+    institution = ledger.institution_signed_by(signer.address, wallet)
     deadline = int(time.time()) + valid_for
     masks = nonce_masks(chosen)
     for index, (word, mask) in enumerate(sorted(masks.items())):
@@ -195,7 +195,7 @@ def dispute(ctx: click.Context, wallet: str, period: int, digest: str | None, re
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
     signer = session.keystores.unlock(wallet)
-    institution = _institution_of(ledger, signer.address, wallet)
+    institution = ledger.institution_signed_by(signer.address, wallet)
     raw = b"\0" * 32
     if digest is not None:
         try:
@@ -209,12 +209,3 @@ def dispute(ctx: click.Context, wallet: str, period: int, digest: str | None, re
         ledger.contract.functions.fileDispute(institution, period, raw, keccak(text=reason))
     )
     click.echo(f"{institution} disputed {'interaction ' + digest if digest else 'its statement'} of period {period}")
-
-
-def _institution_of(ledger, signer: str, wallet: str) -> str:
-    from medmeter.errors import InputError
-
-    address = ledger.call(ledger.contract.functions.institutionBySigner(signer))
-    if int(address, 16) == 0:
-        raise InputError(f"wallet {wallet} ({signer}) is not the signer of any registered institution.")
-    return address

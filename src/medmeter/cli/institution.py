@@ -150,7 +150,7 @@ def recover_cancel(ctx: click.Context, wallet: str) -> None:
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
     signer = session.keystores.unlock(wallet)
-    address = ledger.call(ledger.contract.functions.institutionBySigner(signer.address))
+    address = ledger.institution_signed_by(signer.address, wallet)
     session.ensure_funded(signer.address)
     Transactor(session.w3, signer).transact(ledger.contract.functions.cancelRecovery(address))
     click.echo(f"cancelled the pending recovery of {address}")

@@ -109,9 +109,7 @@ def sign(
         raise InputError("--counterparty is required for an exchange and not allowed otherwise.")
     account = session.keystores.unlock(wallet)
     ledger = session.ledger(as_operator=False)
-    institution_address = ledger.call(ledger.contract.functions.institutionBySigner(account.address))
-    if int(institution_address, 16) == 0:
-        raise InputError(f"wallet {wallet} ({account.address}) is not the signer of any registered institution.")
+    institution_address = ledger.institution_signed_by(account.address, wallet)
     counterparty_address = _counterparty(session, ledger, counterparty) if counterparty else ZERO_ADDRESS
     # The nonce is reserved and the line appended under the nonce book's lock; the book is written
     # only after the line is, so a failure anywhere leaves both as they were.
@@ -147,7 +145,6 @@ def _sign_log(
     output: Path,
 ) -> None:
     """`sign --audit-events` / `--bulk-manifest`: this institution's candidates, signed and appended."""
-    from medmeter.errors import InputError
     from medmeter.fileio import append_line
     from medmeter.intake.audit_events import load_rules, read_audit_events, summarise
     from medmeter.intake.bulk_manifest import read_bulk_manifest
@@ -157,9 +154,7 @@ def _sign_log(
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
     account = session.keystores.unlock(wallet)
-    institution = ledger.call(ledger.contract.functions.institutionBySigner(account.address))
-    if int(institution, 16) == 0:
-        raise InputError(f"wallet {wallet} ({account.address}) is not the signer of any registered institution.")
+    institution = ledger.institution_signed_by(account.address, wallet)
     codes = registered_codes(ledger)
     own_code = next(code for code, address in codes.items() if address == institution)
     if audit_events is not None:
