@@ -30,6 +30,7 @@ from medmeter.app.operations import apply_default_tariff, read_tariff
 from medmeter.chain.deployment import deploy_contract
 from medmeter.chain.ledger import Ledger, encode_record_batch
 from medmeter.chain.rpc import Transactor, connect, wait_until
+from medmeter.contract.facts import MAX_BATCH_SIZE
 from medmeter.fileio import write_json_atomic
 from medmeter.relay.engine import relay
 from medmeter.signing.consent import registration
@@ -45,7 +46,7 @@ CONSENT_DEADLINE = 2**40
 INSTITUTIONS = 10
 CREDIT_LINE = 10**9
 WINDOW = 5_000
-BATCH_SIZE = 180
+BATCH_SIZE = MAX_BATCH_SIZE  # the most the contract takes in one recordBatch
 NAIVE_INTERACTIONS = 300
 NAIVE_EXPORT_EVENTS = 20_000
 Echo = Callable[[str], Any]
