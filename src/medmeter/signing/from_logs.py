@@ -41,6 +41,7 @@ def sign_candidates(
     mine = [c for c in candidates if codes.get(c.institution) == institution]
     signed, used = [], 0
     deadline = int(time.time()) + valid_for
+    prices: dict[tuple[Kind, int], int] = {}  # units per record, read once per (kind, category), not per event
     for candidate in mine:
         if ledger.is_nonce_used(institution, candidate.nonce):
             used += 1
@@ -54,13 +55,15 @@ def sign_candidates(
                 )
             counterparty = codes[candidate.counterparty]
         category = category_by_name(candidate.category).id
+        if (kind, category) not in prices:
+            prices[(kind, category)] = ledger.price(kind, category, 1)
         interaction = Interaction(
             kind=kind,
             institution=institution,
             counterparty=counterparty,
             category=category,
             records=candidate.records,
-            units=ledger.price(kind, category, candidate.records),
+            units=candidate.records * prices[(kind, category)],
             data_hash=candidate.data_hash,
             nonce=candidate.nonce,
             deadline=deadline,
