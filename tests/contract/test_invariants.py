@@ -98,8 +98,9 @@ class InstitutionModel:
     registry_nonce: int = 0
     pending_recovery: LocalAccount | None = None
     cancelled_nonces: set[int] = field(default_factory=set)
-    # who signed each recorded interaction of this institution, by nonce
+    # who signed each recorded interaction of this institution, and what it was, by nonce
     signed_by: dict[int, str] = field(default_factory=dict)
+    recorded: dict[int, Interaction] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -313,6 +314,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert actor is not None
         actor.used_nonces.add(it.nonce)
         actor.signed_by[it.nonce] = actor.signer.address
+        actor.recorded[it.nonce] = it
         sync_rate, fetch_rate = self.rates[it.category]
         if it.kind is Kind.SYNC:
             self.credit(actor, it.records * sync_rate)
@@ -525,20 +527,27 @@ class LedgerMachine(RuleBasedStateMachine):
         for spec in specs:
             items.append(self.build_item(spec, items))
 
-        # what the relay must do: skip what the chain already holds, reject repeats within the input,
-        # then record in order every item the contract accepts given the items recorded before it
+        # what the relay must do: reject repeats within the input; report an item whose nonce the chain
+        # already used as already recorded when the recorded interaction is this one, and as a conflict
+        # when it is another (paused or not: the chain's event decides, not a dry run); then record in
+        # order every item the contract accepts given the items recorded before it
         expected_already, expected_rejected, expected_recorded = [], [], []
         seen: set[tuple[str, int]] = set()
         pending = []
         for index, item in enumerate(items):
             key = (item.interaction.institution, item.interaction.nonce)
             holder = self.by_address(key[0])
-            if holder is not None and key[1] in holder.used_nonces:
-                expected_already.append(index)
-            elif key in seen:
+            if key in seen:
                 expected_rejected.append((index, "Duplicate"))
+                continue
+            seen.add(key)
+            if holder is not None and key[1] in holder.used_nonces:
+                same = self.same_content(holder.recorded[key[1]], item.interaction)
+                if same:
+                    expected_already.append(index)
+                else:
+                    expected_rejected.append((index, "NonceConflict"))
             else:
-                seen.add(key)
                 pending.append(index)
         for index in pending:
             reason = self.refusal(items[index])
@@ -553,6 +562,12 @@ class LedgerMachine(RuleBasedStateMachine):
         assert sorted(report.already_recorded) == expected_already
         assert [(r.index, r.error_name) for r in report.rejected] == sorted(expected_rejected)
         assert sorted(report.recorded) == expected_recorded
+
+    @staticmethod
+    def same_content(recorded: Interaction, item: Interaction) -> bool:
+        """Whether `item` is the interaction recorded under its nonce, in every field the event carries."""
+        fields = ("kind", "counterparty", "category", "records", "units", "data_hash")
+        return all(str(getattr(recorded, f)).lower() == str(getattr(item, f)).lower() for f in fields)
 
     @rule(pick=st.integers(0, 63))
     def replay_directly(self, pick: int) -> None:
