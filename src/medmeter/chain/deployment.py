@@ -14,8 +14,8 @@ from web3 import Web3
 from web3.exceptions import TimeExhausted, Web3RPCError
 
 from medmeter.chain.rpc import Transactor
-from medmeter.contract.facts import LEDGER_ID
-from medmeter.errors import DeploymentError, FundingError
+from medmeter.contract.facts import LEDGER_ID, OPERATING_ROLES
+from medmeter.errors import DeploymentError, FundingError, InputError
 from medmeter.fileio import write_json_atomic
 from medmeter.toolchain.compiler import DEFAULT_EVM_VERSION, Artifact, compile_ledger, evm_version_for
 from medmeter.workspace import Workspace
@@ -173,6 +173,98 @@ def verify_ledger(w3: Web3, deployment: Deployment) -> None:
         ) from None
     if ledger_id != expected:
         raise DeploymentError(f"the contract at {deployment.address} is not a MeteringLedger v2: check the deployment.")
+
+
+# ---------------------------------------------------------------------------------- roles at deploy
+
+# The words a roles file uses, each the contract's role constant: {"registrar": "REGISTRAR_ROLE", ...}.
+ROLE_WORDS = {name.removesuffix("_ROLE").lower(): name for name in OPERATING_ROLES}
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+@dataclass(frozen=True)
+class RoleAssignment:
+    """Who holds one operating role after `deploy --roles`: `from_file` is False when the file did not name
+    the role, so the deployer kept it."""
+
+    word: str
+    address: str
+    from_file: bool
+
+
+def read_roles_file(path: Path) -> dict[str, str]:
+    """The operating roles a roles file hands out, as {role word: checksummed address}.
+
+    The file is one JSON object mapping role names (registrar, tariff, relayer, settler, pauser; `_ROLE`
+    suffix and case ignored) to addresses. Unknown names, the admin role (it moves only in two steps),
+    malformed or zero addresses, and a role given twice are refused, naming the file and the entry."""
+    from eth_utils import is_address, to_checksum_address
+
+    words = ", ".join(ROLE_WORDS)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the roles file {path} ({exc.strerror or exc}): check the path.") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(
+            f"{path} is not JSON ({type(exc).__name__}): write one object mapping role names to addresses, "
+            f'e.g. {{"registrar": "0x...", "relayer": "0x..."}}.'
+        ) from None
+    if not isinstance(data, dict) or not data:
+        raise InputError(
+            f"{path} must hold one non-empty JSON object mapping role names ({words}) to addresses, "
+            f'e.g. {{"registrar": "0x...", "relayer": "0x..."}}.'
+        )
+    roles: dict[str, str] = {}
+    for key, value in data.items():
+        word = str(key).strip().lower().removesuffix("_role")
+        if word in ("admin", "default_admin"):
+            raise InputError(
+                f"{path}: {key!r} cannot be handed out at deploy: the deployer keeps the admin role, which moves "
+                "only in two steps after the delay (AccessControlDefaultAdminRules); remove it from the file."
+            )
+        if word not in ROLE_WORDS:
+            raise InputError(f"{path}: unknown role {key!r}: the roles are {words}.")
+        if word in roles:
+            raise InputError(f"{path}: role {word} is given twice: keep one entry for it.")
+        if not isinstance(value, str) or not is_address(value.strip()):
+            raise InputError(
+                f"{path}: the address of {word} ({value!r}) is not an Ethereum address (0x and 40 hex digits, "
+                "with a valid checksum if it mixes cases): copy it again from `medmeter wallet list`."
+            )
+        address = to_checksum_address(value.strip())
+        if address == ZERO_ADDRESS:
+            raise InputError(f"{path}: {word} cannot go to the zero address: nobody could use the role.")
+        roles[word] = address
+    return roles
+
+
+def hand_over_roles(
+    w3: Web3, transactor: Transactor, deployment: Deployment, roles: dict[str, str]
+) -> list[RoleAssignment]:
+    """Grant each role of `roles` to its address and revoke it from the deployer (who keeps the admin
+    role and every operating role the file does not name). Returns who holds each operating role."""
+    from medmeter.contract.revert_advice import ErrorDecoder
+
+    contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
+    deployer = Web3.to_checksum_address(transactor.address)
+    previous = transactor.decode_error
+    if previous is None:  # refusals read as the ledger's custom errors, with their advice
+        transactor.decode_error = ErrorDecoder(deployment.abi).from_exception
+    assignments = []
+    try:
+        for word, name in ROLE_WORDS.items():
+            address = roles.get(word)
+            if address is None or address == deployer:
+                assignments.append(RoleAssignment(word, deployer, address is not None))
+                continue
+            role_id = Web3.keccak(text=name)
+            transactor.transact(contract.functions.grantRole(role_id, address))
+            transactor.transact(contract.functions.revokeRole(role_id, deployer))
+            assignments.append(RoleAssignment(word, address, True))
+    finally:
+        transactor.decode_error = previous
+    return assignments
 
 
 # ---------------------------------------------------------------------------------- funding

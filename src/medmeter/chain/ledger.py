@@ -83,6 +83,19 @@ class Position:
     debt: int
 
 
+@dataclass(frozen=True)
+class ScheduledTariff:
+    """Rates and fee scheduled for `period` (the next one): they apply when the open period closes."""
+
+    period: int
+    rates: dict[int, tuple[int, int]]  # category -> (sync, fetch) units per record
+    fee_bps: int | None  # None: the fee stays as it is
+
+    @property
+    def empty(self) -> bool:
+        return not self.rates and self.fee_bps is None
+
+
 # Events that change what an institution is on the ledger (its registration, key, status, credit,
 # nonces), each with `institution` as an indexed argument.
 REGISTRY_EVENTS = (
@@ -216,6 +229,59 @@ class Ledger:
 
     def set_platform_fee(self, fee_bps: int) -> TxReceipt:
         return self._transact(self.contract.functions.setPlatformFee(fee_bps))
+
+    def schedule_rate(self, category: int, sync_units: int, fetch_units: int, label: str) -> TxReceipt:
+        """Schedule the rates of `category` for the next period (`scheduleRate`): they apply when the
+        current period closes, so institutions see them first."""
+        return self._transact(self.contract.functions.scheduleRate(category, sync_units, fetch_units, label))
+
+    def schedule_platform_fee(self, fee_bps: int) -> TxReceipt:
+        """Schedule the platform fee for the next period (`schedulePlatformFee`)."""
+        return self._transact(self.contract.functions.schedulePlatformFee(fee_bps))
+
+    def scheduled_tariff(self, block: BlockIdentifier = "latest") -> ScheduledTariff:
+        """What takes effect when the open period closes: the scheduled rates and fee, if any."""
+        period, _ = self.current_period()
+        rates = {}
+        for category in self.call(self.contract.functions.scheduledCategories(), block):
+            sync, fetch, scheduled = self.call(self.contract.functions.scheduledRateOf(category), block)
+            if scheduled:
+                rates[int(category)] = (int(sync), int(fetch))
+        fee, fee_scheduled = self.call(self.contract.functions.scheduledPlatformFee(), block)
+        return ScheduledTariff(period + 1, rates, int(fee) if fee_scheduled else None)
+
+    def record_reversal(
+        self, institution: str, original_digest: bytes, units: int, reason_hash: bytes, deadline: int, signature: bytes
+    ) -> TxReceipt:
+        """Record a reversal the institution signed (`Reversal`, see `medmeter.signing.consent`); settler role."""
+        return self._transact(
+            self.contract.functions.recordReversal(
+                institution, original_digest, units, reason_hash, deadline, signature
+            )
+        )
+
+    def is_reversed(self, original_digest: bytes, to_block: BlockIdentifier = "latest") -> bool:
+        """Whether a ReversalRecorded event names `original_digest` (the contract keeps the flag private)."""
+        logs = self.contract.events.ReversalRecorded.get_logs(
+            from_block=self.deployment.block, to_block=to_block, argument_filters={"originalDigest": original_digest}
+        )
+        return len(logs) > 0
+
+    def ledger_events(
+        self, name: str, from_block: int, to_block: BlockIdentifier, filters: dict[str, Any] | None = None
+    ) -> list[RegistryEvent]:
+        """Every `name` event of the ledger in the blocks (from the deployment on), in chain order."""
+        event = getattr(self.contract.events, name)
+        logs = event.get_logs(
+            from_block=max(from_block, self.deployment.block), to_block=to_block, argument_filters=filters or None
+        )
+        found = [
+            RegistryEvent(
+                log["blockNumber"], log["logIndex"], log["transactionHash"].to_0x_hex(), name, dict(log["args"])
+            )
+            for log in logs
+        ]
+        return sorted(found, key=lambda e: (e.block, e.log_index))
 
     def close_period(self) -> TxReceipt:
         return self._transact(self.contract.functions.closePeriod())

@@ -1,5 +1,6 @@
 """Commands an institution runs on its own machine, with its own key: consent to registration, rotate
-its key, cancel unrelayed signatures, dispute what was recorded, and audit the chain against its receipts.
+its key, cancel unrelayed signatures, dispute what was recorded, sign the reversal of a recorded
+interaction, and audit the chain against its receipts.
 
 Each writes a signed file the platform submits (it can relay it, not change it), or acts directly from
 the institution's signer address when that key holds ether.
@@ -209,3 +210,82 @@ def dispute(ctx: click.Context, wallet: str, period: int, digest: str | None, re
         ledger.contract.functions.fileDispute(institution, period, raw, keccak(text=reason))
     )
     click.echo(f"{institution} disputed {'interaction ' + digest if digest else 'its statement'} of period {period}")
+
+
+@click.command()
+@click.option("--wallet", required=True, help="The institution's signer keystore (it signed the original).")
+@click.option("--interaction", "digest", help="The EIP-712 digest (0x...) of the recorded interaction to reverse.")
+@click.option("--tx", "tx_hash", help="With --log-index: the transaction that recorded the interaction.")
+@click.option("--log-index", type=click.IntRange(0), help="With --tx: the interaction's log index (as exported).")
+@click.option("--nonce", type=click.IntRange(0, 2**256 - 1), help="Or: the nonce the institution signed it with.")
+@click.option(
+    "--units",
+    type=click.IntRange(1, 2**64 - 1),
+    help="Units to reverse (default: all the original's units; fewer reverse part of it).",
+)
+@click.option("--reason", required=True, help="The explanation; only its keccak256 goes on chain.")
+@VALID_FOR
+@OUTPUT
+@click.pass_context
+def reverse(
+    ctx: click.Context,
+    wallet: str,
+    digest: str | None,
+    tx_hash: str | None,
+    log_index: int | None,
+    nonce: int | None,
+    units: int | None,
+    reason: str,
+    valid_for: int,
+    output: Path,
+) -> None:
+    """Sign the reversal of an interaction this institution signed and the ledger recorded
+    (institution side). Name it by digest (--interaction), by --tx and --log-index (a row of the
+    export), or by --nonce.
+
+    The platform's settler records the file with `medmeter institution record-reversal FILE`. The
+    original stays as it was on chain and in the settlement; the reversal is its own event and its
+    own adjustment line in the report of the period it is recorded in (no units move on chain)."""
+    from eth_utils import keccak
+
+    from medmeter.app.pipeline import export_dir_for, update_export
+    from medmeter.errors import InputError
+    from medmeter.settlement.corrections import institution_rows, original_for_reversal, parse_digest
+    from medmeter.signing.consent import reversal, write_message_file
+
+    given = [digest is not None, tx_hash is not None or log_index is not None, nonce is not None]
+    if sum(given) != 1 or (given[1] and (tx_hash is None or log_index is None)):
+        raise InputError("name the interaction one way: --interaction DIGEST, --tx HASH --log-index N, or --nonce N.")
+    wanted = parse_digest(digest) if digest is not None else None
+    session = session_of(ctx)
+    ledger = session.ledger(as_operator=False)
+    signer = session.keystores.unlock(wallet)
+    institution = ledger.institution_signed_by(signer.address, wallet)
+    rows = institution_rows(update_export(ledger, export_dir_for(session, ledger)).out_dir, institution)
+    original = original_for_reversal(
+        ledger, institution, rows, wanted_digest=wanted, tx_hash=tx_hash, log_index=log_index, nonce=nonce
+    )
+    if ledger.is_reversed(bytes.fromhex(original.digest[2:])):
+        raise InputError(f"interaction {original.digest} already has a reversal on chain: nothing more to do.")
+    amount = original.interaction.units if units is None else units
+    if amount > original.interaction.units:
+        raise InputError(
+            f"--units {amount} is more than the original's {original.interaction.units} units: reverse at most those."
+        )
+    deadline = int(time.time()) + valid_for
+    reason_hash = keccak(text=reason)
+    raw = bytes.fromhex(original.digest[2:])
+    message = {
+        "institution": institution,
+        "originalDigest": raw,
+        "units": amount,
+        "reasonHash": reason_hash,
+        "deadline": deadline,
+    }
+    signature = reversal(institution, raw, amount, reason_hash, deadline, ledger.domain, signer)
+    notes = {
+        "reason": reason,
+        "original": {"tx_hash": original.tx_hash, "log_index": original.log_index, "block": original.block},
+    }
+    write_message_file(output, "Reversal", message, ledger.domain, {"institution": signature}, notes)
+    click.echo(f"{institution} reverses {amount} units of {original.describe()}: digest {original.digest} -> {output}")

@@ -108,6 +108,63 @@ def institution_submit_cancellation(ctx: click.Context, files: tuple[Path, ...])
         click.echo(f"cancelled nonces of {message['institution']} (word {message['wordIndex']}) from {path}")
 
 
+@institution.command("record-reversal")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_context
+def institution_record_reversal(ctx: click.Context, files: tuple[Path, ...]) -> None:
+    """Record reversals the institutions signed with `medmeter reverse` (settler role).
+
+    Each file is checked first: it must name an interaction the institution itself signed and the
+    ledger recorded, reverse at most its units, and carry the reason its hash was made from; the
+    ledger then checks the institution's signature (no operator key can make one) and that the
+    interaction is reversed only once. The original never changes: the reversal is its own event,
+    settled as its own adjustment line (`medmeter report`)."""
+    from eth_utils import keccak
+
+    from medmeter.app.pipeline import export_dir_for, update_export
+    from medmeter.errors import InputError
+    from medmeter.settlement.corrections import institution_rows, original_for_reversal
+    from medmeter.signing.consent import read_message_file, read_message_notes
+
+    session = session_of(ctx)
+    ledger = session.ledger()
+    export_dir = update_export(ledger, export_dir_for(session, ledger)).out_dir
+    for path in files:
+        message, signatures = read_message_file(path, "Reversal", ledger.domain)
+        notes = read_message_notes(path)
+        reason = notes.get("reason")
+        if isinstance(reason, str) and keccak(text=reason) != message["reasonHash"]:
+            raise InputError(f"{path}: the reason in the file does not hash to the signed reasonHash: it was edited.")
+        hint = notes.get("original") if isinstance(notes.get("original"), dict) else {}
+        tx_hash, log_index = hint.get("tx_hash"), hint.get("log_index")
+        institution_address = message["institution"]
+        original = original_for_reversal(
+            ledger,
+            institution_address,
+            institution_rows(export_dir, institution_address),
+            wanted_digest=message["originalDigest"],
+            tx_hash=tx_hash if isinstance(tx_hash, str) else None,
+            log_index=log_index if isinstance(log_index, int) and not isinstance(log_index, bool) else None,
+        )
+        if message["units"] > original.interaction.units:
+            raise InputError(
+                f"{path}: reverses {message['units']} units but the original has {original.interaction.units}: "
+                "have the institution sign it again for at most those."
+            )
+        receipt = ledger.record_reversal(
+            institution_address,
+            message["originalDigest"],
+            message["units"],
+            message["reasonHash"],
+            message["deadline"],
+            signatures.get("institution", b""),
+        )
+        click.echo(
+            f"recorded the reversal of {message['units']} units of {original.describe()} for {institution_address} "
+            f"(tx {receipt['transactionHash'].to_0x_hex()}) from {path}"
+        )
+
+
 @institution.group("recover")
 def recover() -> None:
     """A lost key: the registrar starts a recovery to a new key, effective only after the ledger's

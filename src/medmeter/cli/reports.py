@@ -219,8 +219,14 @@ def report_cmd(
 
     Writes reports/settlement-<P>.csv (one row per institution), the exchange matrix and the
     per-category breakdown as CSV, and PNG charts beside them. Fails (exit 1) naming the
-    institution and the difference if events and contract state disagree at the period's end."""
+    institution and the difference if events and contract state disagree at the period's end.
+
+    Lists the period's disputes (filed by institutions about its interactions or statements) and
+    the reversals recorded in it, and writes them to settlement-<P>-disputes.csv and
+    settlement-<P>-reversals.csv: each reversal is its own adjustment line referencing the
+    original's digest; the original's row and the reconciled figures never change."""
     from medmeter.app.pipeline import settle_from_export, write_report_files
+    from medmeter.settlement.corrections import period_corrections, write_corrections
 
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
@@ -236,8 +242,31 @@ def report_cmd(
             f"period {number} (blocks {info.from_block}..{info.to_block}): {len(settlement.interactions):,} "
             f"interactions, {len(settlement.rows)} institutions, reconciled with the contract"
         )
-        for path in (*files.all(), *charts):
+        corrections = period_corrections(
+            ledger, number, info.from_block, info.to_block, export.last_block, export.out_dir, settlement.codes()
+        )
+        disputes_csv, reversals_csv = write_corrections(corrections, reports_dir)
+        for path in (*files.all(), disputes_csv, reversals_csv, *charts):
             click.echo(f"  {path}")
+        _echo_corrections(corrections)
+
+
+def _echo_corrections(corrections: Any) -> None:
+    """The period's disputes and reversals, one line each (the CSVs hold every column)."""
+    disputes, reversals = corrections.disputes, corrections.reversals
+    click.echo(f"  disputes of period {corrections.period}: {len(disputes) or 'none'}")
+    for row in disputes.itertuples(index=False):
+        subject = f"interaction {row.interaction_digest}" if row.subject == "interaction" else "its statement"
+        click.echo(
+            f"    block {row.block_number}: {row.code or row.institution} disputes {subject} (reason {row.reason_hash})"
+        )
+    recorded = reversals.drop_duplicates(["tx_hash", "log_index"]) if len(reversals) else reversals
+    click.echo(f"  reversals recorded in period {corrections.period}: {len(recorded) or 'none'}")
+    for row in reversals.itertuples(index=False):
+        click.echo(
+            f"    block {row.block_number}: {row.code or row.institution} {int(row.adjustment_units):+d} units "
+            f"({row.side or '?'}; reverses {row.original_digest}: {row.status})"
+        )
 
 
 # ---------------------------------------------------------------------------------- anchor, statements

@@ -102,6 +102,7 @@ COMMANDS: tuple[click.Command, ...] = (
     clinic.rotate_key,
     clinic.cancel,
     clinic.dispute,
+    clinic.reverse,
     clinic.audit,
     traffic.sign,
     traffic.relay,

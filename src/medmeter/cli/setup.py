@@ -70,21 +70,47 @@ def compile_cmd(ctx: click.Context, force: bool) -> None:
     show_default=True,
     help="Seconds an anchored settlement root can still be superseded before it is final (fixed at deploy).",
 )
+@click.option(
+    "--roles",
+    "roles_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A JSON object mapping operating roles (registrar, tariff, relayer, settler, pauser) to addresses: each "
+    "is granted to its address and revoked from the deployer. Roles it does not name stay with the deployer, "
+    "which always keeps the admin role.",
+)
 @click.pass_context
 def deploy(
-    ctx: click.Context, new_ledger: bool, evm_version: str | None, recovery_delay: int, dispute_window: int
+    ctx: click.Context,
+    new_ledger: bool,
+    evm_version: str | None,
+    recovery_delay: int,
+    dispute_window: int,
+    roles_file: Path | None,
 ) -> None:
-    """Compile and deploy the ledger; writes deployments/<chain-id>.json. The operator gets every role.
+    """Compile and deploy the ledger; writes deployments/<chain-id>.json.
+
+    The deployer (--operator) gets the admin role (handed over only in two steps, after the
+    admin transfer delay) and every operating role. With --roles FILE, each role the file names
+    goes to its address instead and the deployer no longer holds it; the roles the file leaves out
+    stay with the deployer, and the output says which. The file is checked before anything is
+    deployed. Hand roles over later with `medmeter roles grant|revoke`.
 
     If this workspace already has a live ledger on the node's chain (after `make demo`, say),
-    `deploy` keeps it and says so: use --new for a second ledger."""
+    `deploy` keeps it and says so: use --new for a second ledger.
+
+    \b
+    A roles file (JSON; keys are role names, the `_ROLE` suffix and case are ignored):
+      {"registrar": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+       "relayer":   "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+       "settler":   "0x90F79bf6EB2c4f870365E785982E1f101E93b906"}"""
     from medmeter.app.keep_deployment import current_deployment, keep_aside, remember
     from medmeter.chain.deployment import deploy as deploy_ledger
-    from medmeter.chain.deployment import load_deployment
+    from medmeter.chain.deployment import hand_over_roles, load_deployment, read_roles_file
     from medmeter.chain.rpc import Transactor
     from medmeter.cli.context import note
-    from medmeter.errors import DeploymentError
+    from medmeter.errors import DeploymentError, InputError
 
+    roles = read_roles_file(roles_file) if roles_file is not None else None
     session = session_of(ctx)
     chain_id = session.w3.eth.chain_id
     if not new_ledger and session.deployment_file is None and current_deployment(session.workspace, chain_id):
@@ -93,6 +119,12 @@ def deploy(
         except DeploymentError:
             live = None  # the chain was reset: the file names nothing, deploy a fresh ledger
         if live is not None:
+            if roles is not None:
+                raise InputError(
+                    f"a ledger is already deployed at {live.address} (chain {chain_id}) and --roles applies only to a "
+                    "new one: pass --new to deploy another ledger with these roles, or hand roles on the live one "
+                    "with `medmeter roles grant` and `medmeter roles revoke`."
+                )
             click.echo(
                 f"MeteringLedger already deployed at {live.address} (chain {chain_id}, block {live.block}); kept it. "
                 "Pass --new to deploy another one."
@@ -101,14 +133,26 @@ def deploy(
     operator = session.operator()
     previous = remember(session.workspace, chain_id)
     note("compiling (cached after the first time) and deploying the ledger; this can take about 20 s...")
+    transactor = Transactor(session.w3, operator)
     deployment = deploy_ledger(
         session.workspace,
         session.w3,
-        Transactor(session.w3, operator),
+        transactor,
         evm_version=evm_version,
         recovery_delay=recovery_delay,
         dispute_window=dispute_window,
     )
     click.echo(f"MeteringLedger at {deployment.address} (chain {deployment.chain_id}, block {deployment.block})")
+    if roles is not None:
+        assert roles_file is not None
+        for assignment in hand_over_roles(session.w3, transactor, deployment, roles):
+            if assignment.address != operator.address:
+                where = f"from {roles_file.name}; revoked from the deployer"
+            elif assignment.from_file:
+                where = f"the deployer, as {roles_file.name} says"
+            else:
+                where = f"kept by the deployer: {roles_file.name} does not name it"
+            click.echo(f"  {assignment.word:<10} {assignment.address}  ({where})")
+        click.echo(f"  {'admin':<10} {operator.address}  (the deployer; moves only in two steps)")
     if (kept := keep_aside(previous)) is not None:
         click.echo(f"the previous deployment file is kept as {kept} (use it with --deployment)")

@@ -127,6 +127,26 @@ def nonce_cancellation(
     return sign_message("NonceCancellation", message, domain, signer)
 
 
+def reversal(
+    institution: str,
+    original_digest: bytes,
+    units: int,
+    reason_hash: bytes,
+    deadline: int,
+    domain: Domain,
+    signer: LocalAccount,
+) -> bytes:
+    """The institution's signed reversal of the recorded interaction whose EIP-712 digest is `original_digest`."""
+    message = {
+        "institution": institution,
+        "originalDigest": original_digest,
+        "units": units,
+        "reasonHash": reason_hash,
+        "deadline": deadline,
+    }
+    return sign_message("Reversal", message, domain, signer)
+
+
 def nonce_masks(nonces: list[int]) -> dict[int, int]:
     """The (word index -> bit mask) pairs that cancel exactly `nonces`: one call per bitmap word."""
     masks: dict[int, int] = {}
@@ -142,23 +162,39 @@ MESSAGE_FILE_FORMAT = "medmeter-signed-message/1"
 
 
 def write_message_file(
-    path: Path, primary: str, message: dict[str, Any], domain: Domain, signatures: dict[str, bytes]
+    path: Path,
+    primary: str,
+    message: dict[str, Any],
+    domain: Domain,
+    signatures: dict[str, bytes],
+    notes: dict[str, Any] | None = None,
 ) -> Path:
     """A signed message as the file a clinic gives the platform: the typed data and its signatures.
-    Nothing in it is secret, and the platform can submit it but not change it."""
+    Nothing in it is secret, and the platform can submit it but not change it. `notes` (JSON values)
+    travel beside the message unsigned, for the reader's convenience: whoever uses one checks it
+    against the signed fields (`read_message_notes`)."""
     plain = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in message.items()}
-    write_json_atomic(
-        path,
-        {
-            "format": MESSAGE_FILE_FORMAT,
-            "type": primary,
-            "chain_id": domain.chain_id,
-            "ledger": domain.verifying_contract,
-            "message": plain,
-            "signatures": {name: "0x" + sig.hex() for name, sig in signatures.items()},
-        },
-    )
+    body: dict[str, Any] = {
+        "format": MESSAGE_FILE_FORMAT,
+        "type": primary,
+        "chain_id": domain.chain_id,
+        "ledger": domain.verifying_contract,
+        "message": plain,
+        "signatures": {name: "0x" + sig.hex() for name, sig in signatures.items()},
+    }
+    if notes:
+        body["notes"] = notes
+    write_json_atomic(path, body)
     return path
+
+
+def read_message_notes(path: Path) -> dict[str, Any]:
+    """The unsigned notes of a file `write_message_file` wrote ({} if none or unreadable as such)."""
+    try:
+        notes = json.loads(path.read_bytes().decode("utf-8")).get("notes")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+        return {}
+    return notes if isinstance(notes, dict) else {}
 
 
 def read_message_file(path: Path, primary: str, domain: Domain) -> tuple[dict[str, Any], dict[str, bytes]]:
