@@ -198,7 +198,7 @@ def read_roles_file(path: Path) -> dict[str, str]:
     The file is one JSON object mapping role names (registrar, tariff, relayer, settler, pauser; `_ROLE`
     suffix and case ignored) to addresses. Unknown names, the admin role (it moves only in two steps),
     malformed or zero addresses, and a role given twice are refused, naming the file and the entry."""
-    from eth_utils import is_address, to_checksum_address
+    from eth_utils import to_checksum_address
 
     words = ", ".join(ROLE_WORDS)
     try:
@@ -227,7 +227,7 @@ def read_roles_file(path: Path) -> dict[str, str]:
             raise InputError(f"{path}: unknown role {key!r}: the roles are {words}.")
         if word in roles:
             raise InputError(f"{path}: role {word} is given twice: keep one entry for it.")
-        if not isinstance(value, str) or not is_address(value.strip()):
+        if not isinstance(value, str) or not _well_formed_address(value.strip()):
             raise InputError(
                 f"{path}: the address of {word} ({value!r}) is not an Ethereum address (0x and 40 hex digits, "
                 "with a valid checksum if it mixes cases): copy it again from `medmeter wallet list`."
@@ -237,6 +237,16 @@ def read_roles_file(path: Path) -> dict[str, str]:
             raise InputError(f"{path}: {word} cannot go to the zero address: nobody could use the role.")
         roles[word] = address
     return roles
+
+
+def _well_formed_address(value: str) -> bool:
+    """0x and 40 hex digits, and, when it mixes cases, a valid EIP-55 checksum (a mistyped digit of a
+    checksummed address is caught instead of granting a role to nobody's key)."""
+    from eth_utils import is_address, is_checksum_address
+
+    digits = value[2:]
+    mixed = digits != digits.lower() and digits != digits.upper()
+    return value.startswith("0x") and is_address(value) and (not mixed or is_checksum_address(value))
 
 
 def hand_over_roles(
