@@ -168,11 +168,17 @@ def test_a_clinic_reverses_its_own_interactions_the_settler_records_them_and_rep
     # disputes of the open period: one of an interaction, one of the statement
     ws.run("dispute", "--wallet", "clinic-a", "--period", period, "--interaction", digest, "--reason", "never asked")
     ws.run("dispute", "--wallet", "clinic-b", "--period", period, "--reason", "statement is wrong")
+    # the provider disputes the exchange that credited it, named by its transaction and log index
+    ws.run(
+        "dispute", "--wallet", "clinic-a", "--period", period, "--tx", exchange_log["tx"],
+        "--log-index", exchange_log["log_index"], "--reason", "we never delivered this",
+    )  # fmt: skip
+    exchange_digest = "0x" + ws.ledger().functions.interactionDigest(_as_tuple(exchange)).call().hex()
 
     ws.run("period", "close")
     report = ws.run("report", "--period", period, "--no-charts")
     assert "reconciled with the contract" in report.stdout
-    assert f"disputes of period {period}: 2" in report.stdout
+    assert f"disputes of period {period}: 3" in report.stdout
     assert f"reversals recorded in period {period}: 2" in report.stdout
 
     reports = ws.root / "reports"
@@ -198,6 +204,7 @@ def test_a_clinic_reverses_its_own_interactions_the_settler_records_them_and_rep
     assert {(d["institution"], d["subject"], d["interaction_digest"]) for d in disputes} == {
         (a, "interaction", digest),
         (b, "statement", ""),
+        (a, "interaction", exchange_digest),
     }
     assert all(d["reason_hash"].startswith("0x") and int(d["period"]) == period for d in disputes)
 

@@ -181,30 +181,42 @@ def audit(ctx: click.Context, who: str, receipts: tuple[Path, ...]) -> None:
 @click.option(
     "--interaction",
     "digest",
-    help="The EIP-712 digest (0x...) of a recorded interaction; omit to dispute the statement.",
+    help="The EIP-712 digest (0x...) of a recorded interaction; omit (and --tx) to dispute the statement.",
 )
+@click.option("--tx", "tx_hash", help="With --log-index: the transaction that recorded the disputed interaction.")
+@click.option("--log-index", type=click.IntRange(0), help="With --tx: the interaction's log index (as exported).")
 @click.option("--reason", required=True, help="The explanation; only its keccak256 goes on chain.")
 @click.pass_context
-def dispute(ctx: click.Context, wallet: str, period: int, digest: str | None, reason: str) -> None:
-    """File a dispute of a recorded interaction or of this institution's statement for a period, from
-    its signer's own address (institution side). `medmeter report` lists disputes."""
+def dispute(
+    ctx: click.Context,
+    wallet: str,
+    period: int,
+    digest: str | None,
+    tx_hash: str | None,
+    log_index: int | None,
+    reason: str,
+) -> None:
+    """File a dispute of a recorded interaction (by digest, or by --tx and --log-index) or of this
+    institution's statement for a period, from its signer's own address (institution side).
+    `medmeter report` lists disputes."""
     from eth_utils import keccak
 
     from medmeter.chain.rpc import Transactor
     from medmeter.errors import InputError
+    from medmeter.settlement.corrections import interaction_at, parse_digest
 
+    if (tx_hash is None) != (log_index is None) or (digest is not None and tx_hash is not None):
+        raise InputError("name the disputed interaction one way: --interaction DIGEST, or --tx HASH --log-index N.")
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
     signer = session.keystores.unlock(wallet)
     institution = ledger.institution_signed_by(signer.address, wallet)
     raw = b"\0" * 32
     if digest is not None:
-        try:
-            raw = bytes.fromhex(digest.removeprefix("0x"))
-        except ValueError:
-            raw = b""
-        if len(raw) != 32:
-            raise InputError(f"--interaction {digest!r} is not a 32-byte hex digest.")
+        raw = parse_digest(digest)
+    elif tx_hash is not None and log_index is not None:
+        found = interaction_at(ledger, tx_hash, log_index)
+        raw, digest = bytes.fromhex(found.digest[2:]), found.digest
     session.ensure_funded(signer.address)
     Transactor(session.w3, signer).transact(
         ledger.contract.functions.fileDispute(institution, period, raw, keccak(text=reason))

@@ -35,7 +35,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "medmeter cancel --wallet clinic-a --nonce 7",
         "medmeter cancel --wallet clinic-a --range 10 20 -o c.json",
     ),
-    "dispute": ('medmeter dispute --wallet clinic-a --period 1 --reason "fetch 0x12... was never made"',),
+    "dispute": (
+        'medmeter dispute --wallet clinic-a --period 1 --reason "the statement is wrong"',
+        'medmeter dispute --wallet clinic-a --period 1 --tx 0x5d... --log-index 3 --reason "never fetched"',
+    ),
     "reverse": (
         'medmeter reverse --wallet clinic-a --nonce 7 --reason "fetched twice by mistake" -o reversal-a.json',
         'medmeter reverse --wallet clinic-a --tx 0x5d... --log-index 3 --reason "..." -o reversal-a.json',
