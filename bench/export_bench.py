@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-from eth_abi import encode
 from eth_account import Account
-from eth_utils import function_signature_to_4byte_selector
 from tests.support.reference_decoder import decode_interaction, reference_table
 
 from medmeter.app.operations import apply_default_tariff
 from medmeter.chain.deployment import deploy_contract
-from medmeter.chain.ledger import Ledger
+from medmeter.chain.ledger import Ledger, batch_gas_limit, encode_record_batch
 from medmeter.chain.rpc import Transactor, connect, wait_until
+from medmeter.contract.facts import MAX_BATCH_SIZE
 from medmeter.export.events import (
     INTERACTION_RECORDED_TOPIC,
     decode_interaction_logs,
@@ -53,9 +52,6 @@ from medmeter.workspace import Workspace
 
 INSTITUTIONS = 8
 CREDIT_LINE = 2**63
-SIGNED_BATCH = "((uint8,address,address,uint16,uint32,bytes32,uint256,uint64),bytes32,bytes32)[]"
-RECORD_BATCH = function_signature_to_4byte_selector(f"recordBatch({SIGNED_BATCH})")
-GAS_PER_ITEM = 40_000
 
 
 def start_anvil(workspace: Workspace) -> tuple[subprocess.Popen[bytes], str]:
@@ -121,12 +117,11 @@ def generate_and_record(ledger: Ledger, admin, count: int, batch: int, seed: int
                 nonces[actor], deadline,
             )  # fmt: skip
             nonces[actor] += 1
-            items.append(signers[actor].sign(interaction).as_contract_arg())
-        data = RECORD_BATCH + encode([SIGNED_BATCH], [items])
+            items.append(signers[actor].sign(interaction))
         tx = {
             "to": ledger.address,
-            "data": data,
-            "gas": 200_000 + GAS_PER_ITEM * size,
+            "data": encode_record_batch(items),
+            "gas": batch_gas_limit(size),
             "nonce": tx_nonce,
             "chainId": chain_id,
             "maxFeePerGas": 4 * base_fee + 10**9,
@@ -171,7 +166,9 @@ def timed(label: str, events: int, fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--count", type=int, default=100_000, help="Interactions to generate.")
-    parser.add_argument("--batch", type=int, default=500, help="Interactions per recordBatch (<= 500).")
+    parser.add_argument(
+        "--batch", type=int, default=MAX_BATCH_SIZE, help="Interactions per recordBatch (at most MAX_BATCH_SIZE)."
+    )
     parser.add_argument(
         "--naive", type=int, default=None, help="Interactions for the naive path (default: all; it runs ~1,700/s)."
     )

@@ -173,7 +173,7 @@ def test_a_tariff_change_inside_the_period_prices_each_row_by_the_tariff_then(en
     with lying_node(env.w3.provider.endpoint_uri, on_get_logs(last_sync_records_plus_one)) as url:
         ledger = Ledger(connect(url), env.ledger.deployment)
         Exporter(ledger, tmp_path / "lied").run()
-        with pytest.raises(ReconciliationError, match="4 records\) has units 21 and fee 0, the tariff gives 28 and 0"):
+        with pytest.raises(ReconciliationError, match=r"4 records\) has units 21 and fee 0, the tariff gives 28 and 0"):
             settle_period(ledger, read_export(tmp_path / "lied").to_pandas(), 1)
 
 
