@@ -269,6 +269,10 @@ def test_a_reversal_must_name_an_interaction_the_institution_itself_signed(ws: C
         "--reason", "x", "-o", "n.json", expect=1,
     )  # fmt: skip
     assert_clean_error(result, "is not an interaction recorded by ledger")
+    result = ws.run(
+        "reverse", "--wallet", "clinic-a", "--tx", "0x5d", "--log-index", 0, "--reason", "x", "-o", "n.json", expect=1
+    )  # fmt: skip
+    assert_clean_error(result, "is not a 32-byte hex transaction hash")
     # a file for an interaction that does not exist is refused before anything is sent
     forged = ws.root / "phantom.json"
     forged_reversal(ws, forged, a, b"\x22" * 32, 1)

@@ -101,7 +101,8 @@ def parse_digest(value: str, option: str = "--interaction") -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise InputError(f"{option} {value!r} is not a 32-byte hex digest (0x and 64 hex digits).")
+        what = "transaction hash" if option == "--tx" else "digest"
+        raise InputError(f"{option} {value!r} is not a 32-byte hex {what} (0x and 64 hex digits).")
     return raw
 
 
@@ -144,6 +145,7 @@ def _interaction(fields: tuple[Any, ...]) -> Interaction:
 
 def interaction_at(ledger: Ledger, tx_hash: str, log_index: int) -> RecordedInteraction:
     """The interaction whose `InteractionRecorded` log is `log_index` of transaction `tx_hash`."""
+    parse_digest(tx_hash, "--tx")  # a transaction hash has a digest's shape: 0x and 64 hex digits
     try:
         receipt = ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
     except TransactionNotFound:
@@ -366,12 +368,17 @@ def original_for_reversal(
     """The recorded interaction of `institution` a reversal is about, named by digest, by transaction
     and log index, or by the institution's nonce; InputError if it is not one `institution` signed."""
     found: RecordedInteraction | None
+    found = None
     if tx_hash is not None and log_index is not None:
-        found = interaction_at(ledger, tx_hash, log_index)
-        if wanted_digest is not None and found.digest != "0x" + wanted_digest.hex():
-            found = None  # the hint does not name the signed digest: look the digest up instead
-    else:
-        found = None
+        if wanted_digest is None:
+            found = interaction_at(ledger, tx_hash, log_index)
+        else:  # an unsigned hint beside a signed digest: use it only if it names that digest
+            try:
+                found = interaction_at(ledger, tx_hash, log_index)
+            except InputError:
+                found = None
+            if found is not None and found.digest != "0x" + wanted_digest.hex():
+                found = None
     if found is None and nonce is not None:
         match = rows[rows["nonce"] == str(nonce)]
         if match.empty:
