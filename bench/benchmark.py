@@ -14,8 +14,10 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,11 +30,11 @@ from web3 import Web3
 from bench.gas_profile import measure as measure_gas
 from medmeter.app.operations import apply_default_tariff, read_tariff
 from medmeter.chain.deployment import deploy_contract
-from medmeter.chain.ledger import Ledger, encode_record_batch
+from medmeter.chain.ledger import Ledger, batch_gas_limit, encode_record_batch
 from medmeter.chain.rpc import Transactor, connect, wait_until
 from medmeter.contract.facts import MAX_BATCH_SIZE
 from medmeter.fileio import write_json_atomic
-from medmeter.relay.engine import relay
+from medmeter.relay.engine import MAX_IN_FLIGHT, relay
 from medmeter.signing.consent import registration
 from medmeter.signing.interaction import ZERO_ADDRESS, Domain, Interaction, Kind, sign_interaction
 from medmeter.signing.traffic import SimulatedInstitution, Tariff, TrafficGenerator
@@ -46,6 +48,10 @@ CONSENT_DEADLINE = 2**40
 INSTITUTIONS = 10
 CREDIT_LINE = 10**9
 WINDOW = 5_000
+# Explicit mining: how often the sealer looks at the pool, and a block gas limit that holds every
+# batch the relay keeps in flight (each asks for batch_gas_limit(MAX_BATCH_SIZE) gas).
+SEAL_INTERVAL_SECONDS = 0.01
+EXPLICIT_BLOCK_GAS_LIMIT = (MAX_IN_FLIGHT + 1) * batch_gas_limit(MAX_BATCH_SIZE)
 BATCH_SIZE = MAX_BATCH_SIZE  # the most the contract takes in one recordBatch
 NAIVE_INTERACTIONS = 300
 NAIVE_EXPORT_EVENTS = 20_000
@@ -73,8 +79,11 @@ class BenchChain:
     process: subprocess.Popen[bytes]
     rpc_url: str
     w3: Web3
+    sealer: BlockSealer | None = None
 
     def stop(self) -> None:
+        if self.sealer is not None:
+            self.sealer.stop()
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -92,16 +101,47 @@ def bench_workspace(root: Workspace, folder: Path) -> Workspace:
     return Workspace(folder)
 
 
-def start_chain(workspace: Workspace) -> BenchChain:
+class BlockSealer:
+    """Mines a block with `evm_mine` whenever the node's pool holds transactions, checking every
+    SEAL_INTERVAL_SECONDS: a sealer for `anvil --no-mining`, as a consortium chain's validators
+    seal blocks on their own clock rather than one block per transaction."""
+
+    def __init__(self, rpc_url: str) -> None:
+        self.w3 = connect(rpc_url)
+        self.blocks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sealer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        provider = self.w3.provider
+        while not self._stop.wait(SEAL_INTERVAL_SECONDS):
+            status = provider.make_request("txpool_status", [])  # type: ignore[arg-type]
+            if int(status.get("result", {}).get("pending", "0x0"), 16):
+                provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+                self.blocks += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def start_chain(workspace: Workspace, mining: str = "auto") -> BenchChain:
+    """anvil on a free port: `auto` mines one block per transaction (anvil's default); `explicit`
+    runs it with --no-mining and a BlockSealer, with a block gas limit that holds MAX_IN_FLIGHT batches."""
     port = devnet.free_port(0)
     command = [*devnet.anvil_command(workspace, port, None)]
     command[command.index("--chain-id") + 1] = str(BENCH_CHAIN_ID)
+    if mining == "explicit":
+        command[command.index("--gas-limit") + 1] = str(EXPLICIT_BLOCK_GAS_LIMIT)
+        command.append("--no-mining")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rpc_url = f"http://127.0.0.1:{port}"
     if not wait_until(lambda: devnet.rpc_ready(rpc_url), 60):
         process.kill()
         raise RuntimeError("the benchmark's anvil did not start")
-    return BenchChain(workspace, process, rpc_url, connect(rpc_url))
+    sealer = BlockSealer(rpc_url) if mining == "explicit" else None
+    return BenchChain(workspace, process, rpc_url, connect(rpc_url), sealer)
 
 
 def deploy_ledger(chain: BenchChain, artifact: Artifact) -> tuple[Ledger, list[Any]]:
@@ -244,10 +284,11 @@ def run(
     *,
     naive_count: int = NAIVE_INTERACTIONS,
     seed: int = 1,
+    mining: str = "auto",
 ) -> dict[str, Any]:
     artifact = compile_ledger(root)
     workspace = bench_workspace(root, root.root / "bench" / "work")
-    chain = start_chain(workspace)
+    chain = start_chain(workspace, mining)
     try:
         echo("gas (deterministic scenario, bench/gas-snapshot.json has the full table):")
         gas = measure_gas(chain.w3, artifact)
@@ -260,6 +301,7 @@ def run(
             "gas_per_interaction_batch100": gas["recordBatch_100_per_interaction"],
             "gas_single_interaction": gas["recordInteraction_sync"],
             "gas": gas,
+            "mining": mining,
             "sizes": {},
         }
         largest = None
@@ -285,6 +327,7 @@ def run(
                 "waiting_for_signatures_seconds": round(outcome.sign_seconds, 2),
                 "relay_seconds": round(outcome.relay_seconds, 2),
                 "window_rates_min_max": [round(min(outcome.window_rates)), round(max(outcome.window_rates))],
+                "window_rates": [round(rate) for rate in outcome.window_rates],
                 "gas_per_interaction": round(outcome.gas_per_interaction),
                 "calldata_bytes_per_interaction": round(outcome.calldata_bytes_per_interaction),
                 "seconds_per_interaction": outcome.seconds / size,
@@ -316,6 +359,7 @@ def run(
         results["interactions_per_second"] = top["interactions_per_second"]
         results["export_events_per_second"] = top["export_events_per_second"]
         results["largest_size"] = size
+        results["window_rates_spread"] = window_spread(results["sizes"])
         if str(1_000_000) in results["sizes"]:
             results["report_seconds_1m"] = results["sizes"]["1000000"]["report_seconds"]
             results["report_peak_rss_mib_1m"] = results["sizes"]["1000000"]["report_peak_rss_mib"]
@@ -325,6 +369,27 @@ def run(
         return results
     finally:
         chain.stop()
+
+
+def window_spread(sizes: dict[str, Any]) -> dict[str, Any]:
+    """Every window's rate over all sizes against their median: the flat-cost check. The first
+    window of each size also waits for the first 5,000 signatures with nothing to overlap them, so
+    the spread is given with and without it."""
+    every = [rate for row in sizes.values() for rate in row["window_rates"]]
+    steady = [rate for row in sizes.values() for rate in row["window_rates"][1:]]
+
+    def spread(rates: list[float]) -> dict[str, float]:
+        if not rates:
+            return {}
+        median = statistics.median(rates)
+        return {
+            "median": round(median),
+            "min_pct": round(100 * (min(rates) / median - 1), 1),
+            "max_pct": round(100 * (max(rates) / median - 1), 1),
+            "windows": len(rates),
+        }
+
+    return {"all_windows": spread(every), "after_first_window": spread(steady)}
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -351,4 +416,10 @@ def format_table(results: dict[str, Any]) -> str:
         f"export events/s:           {results['export_events_per_second']:,}  vs naive "
         f"{results['naive_export_events_per_second']:,}",
     ]
+    for label, spread in results["window_rates_spread"].items():
+        if spread:
+            lines.append(
+                f"window rates, {label.replace('_', ' ')}: median {spread['median']:,}/s, "
+                f"{spread['min_pct']:+.1f}% .. {spread['max_pct']:+.1f}% over {spread['windows']} windows"
+            )
     return "\n".join(lines)

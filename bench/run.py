@@ -18,9 +18,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="Comma-separated interaction counts.")
     parser.add_argument("--naive", type=int, default=300, help="Interactions for the naive baseline.")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="Where to write the results.")
+    parser.add_argument(
+        "--mining",
+        choices=("explicit", "auto"),
+        default="auto",
+        help="explicit: anvil --no-mining, sealed by the benchmark; auto: one block per transaction.",
+    )
     args = parser.parse_args()
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
-    run(Workspace.locate(), sizes, args.out, print, naive_count=args.naive)
+    run(Workspace.locate(), sizes, args.out, print, naive_count=args.naive, mining=args.mining)
 
 
 if __name__ == "__main__":

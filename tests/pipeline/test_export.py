@@ -320,6 +320,37 @@ def test_compaction_merges_old_small_parts(busy_env, tmp_path, monkeypatch):
     assert_same_rows(read_export(tmp_path), reference(env))
 
 
+def test_parts_closed_early_by_rows_keep_within_chunk_blocks(busy_env, tmp_path, monkeypatch):
+    """Several requests are in flight; a part that closes on PART_ROWS before its blocks are full
+    must not take in ranges planned for the old layout (each part spans at most --chunk-blocks)."""
+    monkeypatch.setattr(export_mod, "PART_ROWS", 7)
+    monkeypatch.setattr(export_mod, "MAX_PARTS", 1_000)  # no compaction: the parts as written
+    monkeypatch.setattr(export_mod, "INITIAL_SPAN", 2)
+    Exporter(busy_env.ledger, tmp_path, chunk_blocks=5).run()
+    state = read_checkpoint(tmp_path)
+    assert len(state.parts) > 3
+    assert all(p.to_block - p.from_block + 1 <= 5 for p in state.parts), [
+        (p.from_block, p.to_block) for p in state.parts
+    ]
+    assert all(a.to_block < b.from_block for a, b in zip(state.parts, state.parts[1:], strict=False))
+    assert_same_rows(read_export(tmp_path), reference(busy_env))
+
+
+def test_ranges_planned_for_a_part_that_closed_early_are_replanned():
+    """Requests planned for parts of 5 blocks from block 1 (1-5, then 6-10); the part closed on rows
+    after block 2, so the next one starts at 3 and may reach block 7 only: 6-9 would overrun it."""
+    planned, previous, base = [], 2, 1
+    while previous < 9:
+        request, base = export_mod._plan(previous, base, span=4, target=100, chunk_blocks=5)
+        planned.append((request, None))
+        previous = request[2]
+    assert [r for r, _ in planned] == [(2, 3, 5), (5, 6, 9)]
+    closed_early = export_mod._Pending(3, 2, "0x", [], [])
+    assert not export_mod._fits_parts(planned, closed_early, 5)
+    on_time = export_mod._Pending(6, 5, "0x", [], [])
+    assert export_mod._fits_parts(planned[1:], on_time, 5)
+
+
 def test_checkpoint_of_another_ledger_is_refused(env, w3, artifact, tmp_path):
     record_traffic(env, 5, seed=51, batch=5)
     Exporter(env.ledger, tmp_path).run()
