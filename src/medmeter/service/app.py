@@ -173,6 +173,7 @@ class Service:
         if to_store:
             self.outbox.insert(to_store)
             self.metrics.accepted.inc(len(to_store))
+            self.relayer.remember({ids[i]: items[i] for i in checked})
             self.relayer.wake()
         for index in checked:
             results[index] = {"id": ids[index], "status": "queued"}
@@ -209,7 +210,7 @@ class Service:
                 self.metrics.refused.labels(reason=refusal.error).inc()
         # A nonce used on chain: the same interaction recorded elsewhere (a duplicate) or a conflict.
         try:
-            used_local = engine.find_already_recorded(self.ledger, [items[i] for i in passed])
+            used_local = self.view.used_nonces([items[i] for i in passed])
         except Exception:
             # Node down: queue them; the relay engine checks the nonce bitmap again before sending.
             used_local = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +285,17 @@ def with_fields(interaction: Interaction, **changes: Any) -> Interaction:
 
 
 def _address(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not is_address(value):
+    checksummed = _checksummed(value) if isinstance(value, str) and len(value) <= 42 else None
+    if checksummed is None:
         raise InputError(f"field {name} is not an address: {value!r}.")
-    return to_checksum_address(value)
+    return checksummed
+
+
+@lru_cache(maxsize=16_384)
+def _checksummed(value: str) -> str | None:
+    """`value` checksummed, or None if it is no address. Cached: each check costs two keccaks, and a
+    file or a POST names the same few institutions thousands of times (the service's intake and relay)."""
+    return to_checksum_address(value) if is_address(value) else None
 
 
 def _uint(value: Any, name: str, bits: int) -> int:
