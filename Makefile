@@ -11,7 +11,7 @@ export PROJECT_ROOT := $(CURDIR)
 # Demo-only default so the main job runs unattended; set your own for real keystores.
 export MEDMETER_KEYSTORE_PASSWORD ?= medmeter-demo-only
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick bench-service clean
 
 # The node matrix's Hardhat 3 node and the Node 22 runtime it needs live in tools/hardhat/ (their own
 # package.json: Hardhat 3 wants "type": "module"; about 290 MB). `make install HARDHAT=0` skips them
@@ -64,6 +64,10 @@ bench: install
 # A small run for CI and quick checks; writes its own file so it never passes for the full one.
 bench-quick: install
 	$(BIN)/python -m bench.run --sizes 2000 --naive 50 --out bench/results-quick.json
+
+# The platform service's throughput: 20,000 interactions posted by 4 clients through `medmeter serve`.
+bench-service: install
+	$(BIN)/python -m bench.service_bench --count 20000 --clients 4 --out bench/results.json
 
 clean:
 	-$(BIN)/medmeter devnet down

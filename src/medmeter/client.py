@@ -51,15 +51,16 @@ class Client:
                 last = f"{type(exc).__name__}"
             else:
                 if response.status_code == 202:
-                    return response.json()["items"]
+                    return self._answer(response, "/v1/interactions")["items"]
                 if response.status_code == 429 or response.status_code >= 500:
                     last = f"HTTP {response.status_code}"
                     delay = max(delay, float(response.headers.get("Retry-After", delay)))
                 else:
-                    messages = "; ".join(e["message"] for e in response.json().get("errors", []))
+                    messages = self._errors(response, "/v1/interactions")
                     raise ServiceError(f"the gateway refused the request (HTTP {response.status_code}): {messages}")
-            time.sleep(delay)
-            delay = min(delay * 2, 30)
+            if _attempt < self.retries:  # no wait after the last attempt: nothing follows it
+                time.sleep(delay)
+                delay = min(delay * 2, 30)
         raise GatewayUnavailableError(
             f"the gateway {self.gateway} did not take the interactions after {self.retries + 1} attempts ({last}): "
             "they are kept in the local outbox; run `medmeter submit --gateway URL` again later."
@@ -121,15 +122,43 @@ class Client:
             cursor = page["next_cursor"]
 
     def health(self) -> dict[str, Any]:
-        response = self._session.get(f"{self.gateway}/healthz", timeout=self.timeout)
-        return response.json()
+        """The /healthz answer (200 ok or 503 degraded, both JSON)."""
+        return self._answer(self._request("/healthz", None), "/healthz")
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            response = self._session.get(self.gateway + path, params=params, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise GatewayUnavailableError(f"cannot reach the gateway {self.gateway} ({type(exc).__name__}).") from exc
+        response = self._request(path, params)
         if response.status_code != 200:
-            messages = "; ".join(e["message"] for e in response.json().get("errors", []))
-            raise ServiceError(f"{path}: HTTP {response.status_code}: {messages}")
-        return response.json()
+            raise ServiceError(f"{path}: HTTP {response.status_code}: {self._errors(response, path)}")
+        return self._answer(response, path)
+
+    def _request(self, path: str, params: dict[str, Any] | None) -> requests.Response:
+        try:
+            return self._session.get(self.gateway + path, params=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise GatewayUnavailableError(
+                f"cannot reach the gateway {self.gateway} ({type(exc).__name__}): check the URL and that the "
+                "service runs (`medmeter serve status` on the platform)."
+            ) from exc
+
+    def _answer(self, response: requests.Response, path: str) -> dict[str, Any]:
+        """The JSON object the service answers; one sentence if what answered is not the service."""
+        try:
+            answer = response.json()
+        except ValueError:  # requests' JSONDecodeError
+            answer = None
+        if not isinstance(answer, dict) or (path == "/v1/interactions" and not isinstance(answer.get("items"), list)):
+            raise ServiceError(
+                f"{self.gateway}{path} answered HTTP {response.status_code} with something other than the medmeter "
+                "service's answer: check --gateway (the service's base URL, as `medmeter serve` prints it)."
+            )
+        return answer
+
+    def _errors(self, response: requests.Response, path: str) -> str:
+        """The messages of an error answer, or the sentence that the URL does not lead to the service."""
+        try:
+            return "; ".join(str(e["message"]) for e in response.json()["errors"])
+        except (ValueError, KeyError, TypeError):
+            return (
+                f"{self.gateway}{path} is not the medmeter service's API: check --gateway (the service's base URL, "
+                "as `medmeter serve` prints it)."
+            )

@@ -37,14 +37,36 @@ def serve(ctx: click.Context, detach: bool, **flags: object) -> None:
             click.echo(f"reusing the service (pid {running['pid']})")
             click.echo(running["url"])
             return
+        _refuse_taken_port(config.host, config.port)
         args = [a for a in sys.argv[1:] if a != "--detach"]
         pid = server.detach(args, session.workspace.state_dir, url)
         click.echo(f"started the service (pid {pid}), log in .medmeter/service/service.log")
         click.echo(url)
         return
+    _refuse_taken_port(config.host, config.port)
     session.ledger()  # fail here, in one sentence, if the node, deployment or operator is missing
     click.echo(f"medmeter service on {url} (docs {url}/docs)", err=True)
     server.run(session, config)
+
+
+def _refuse_taken_port(host: str, port: int) -> None:
+    """One sentence if another program listens on host:port; without it `--detach` took that program's
+    answer on /healthz for the service's and said "started" while the service failed to bind."""
+    import errno
+    import socket
+
+    from medmeter.errors import ServiceError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as uvicorn binds
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServiceError(
+                f"{host}:{port} is already in use by another program: stop it, or give the service another port "
+                "(--port, $MEDMETER_SERVICE_PORT or [service] port in medmeter.toml)."
+            ) from None
 
 
 @serve.command("stop")
@@ -62,13 +84,20 @@ def serve_stop(ctx: click.Context) -> None:
 def serve_status(ctx: click.Context) -> None:
     """Say whether the service runs and its health. Exit 1 if it does not run or is degraded."""
     from medmeter.client import Client
+    from medmeter.errors import ServiceError
     from medmeter.service import server
 
     info = server.read_info(session_of(ctx).workspace.state_dir)
     if info is None:
         click.echo("the service is not running: start it with `medmeter serve --detach`")
         ctx.exit(1)
-    health = Client(info["url"]).health()
+    try:
+        health = Client(info["url"]).health()
+    except ServiceError:  # nothing answers there, or not the service
+        raise ServiceError(
+            f"the service (pid {info['pid']}) runs but does not answer on {info['url']}: it may still be starting; "
+            "see .medmeter/service/service.log, or end it with `medmeter serve stop`."
+        ) from None
     click.echo(f"running: pid {info['pid']}, {health['status']}, outbox depth {health['outbox_depth']}")
     click.echo(info["url"])
     if health["status"] != "ok":
@@ -76,7 +105,7 @@ def serve_status(ctx: click.Context) -> None:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--gateway", required=True, envvar="MEDMETER_GATEWAY", help="The platform service's URL.")
 @click.option(
     "--outbox",
@@ -87,7 +116,8 @@ def serve_status(ctx: click.Context) -> None:
 )
 def submit(files: tuple[Path, ...], gateway: str, outbox: Path) -> None:
     """Post signed interactions from FILES to the platform (institution side), with retries; what
-    cannot be delivered stays in --outbox and is sent by the next `submit`. Exits 3 if any was refused."""
+    cannot be delivered stays in --outbox and is sent by the next `submit` (with or without FILES).
+    Exits 3 if any was refused."""
     from medmeter.client import Client
     from medmeter.signing.interaction import read_signed
 

@@ -43,6 +43,8 @@ class ServiceConfig:
                 table = tomllib.loads(path.read_text()).get("service", {})
             except tomllib.TOMLDecodeError as exc:
                 raise ServiceError(f"{path} is not valid TOML ({exc}): fix its [service] table.") from None
+            if not isinstance(table, dict):
+                raise ServiceError(f"{path}: service is not a table: write its settings under a [service] line.")
         for f in fields(cls):
             value = flags.get(f.name)
             if value is None:
