@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import pytest
+import requests
 from web3 import Web3
 
 from medmeter.cli import cli as cli_root
@@ -430,7 +431,18 @@ def test_demo_runs_end_to_end(fresh: CliWorkspace) -> None:
     steps = re.findall(r"^\[(\d+)/(\d+)\] ", result.stdout, re.M)
     total = int(steps[-1][1])
     assert [(int(k), int(n)) for k, n in steps] == [(k, total) for k in range(1, total + 1)], result.describe()
-    assert "relayed 200 interactions in 2 batches of up to 100" in result.stdout
+    # The relay step goes through the platform service: each institution posts its own items over HTTP.
+    posted = re.search(
+        r"posted 200 interactions to the platform service at (http://127\.0\.0\.1:\d+) in (\d+) requests; "
+        r"it recorded 200 in (\d+) batches of up to 100",
+        result.stdout,
+    )
+    assert posted, result.describe()
+    assert int(posted[2]) >= 6 and int(posted[3]) >= 2, result.describe()
+    with pytest.raises(requests.ConnectionError):  # the demo stops the service it started
+        requests.get(posted[1] + "/healthz", timeout=5)
+    client_outboxes = sorted((fresh.state_dir / "clients").glob("*/submit-outbox.jsonl"))
+    assert len(client_outboxes) == 6 and all(p.read_text() == "" for p in client_outboxes)
     assert "closed period 1: blocks" in result.stdout
     tally = re.findall(r"^PCI-\d{4} .*$", result.stdout, re.M)
     assert len(tally) == 6 and all(line.rstrip().endswith("yes") for line in tally), result.describe()

@@ -18,11 +18,11 @@ from medmeter.app.operations import (
 )
 from medmeter.app.pipeline import balances, format_balances, write_period_reports
 from medmeter.app.session import Session
+from medmeter.app.through_service import relay_through_service, start_service, stop_service
 from medmeter.chain.deployment import deploy
 from medmeter.chain.rpc import Transactor
 from medmeter.errors import MedmeterError
 from medmeter.fileio import write_atomic
-from medmeter.relay.engine import relay
 from medmeter.signing.interaction import Kind, iter_json_lines
 from medmeter.toolchain import devnet
 
@@ -53,7 +53,7 @@ def run_demo(
         echo(f"      (the previous deployment file is kept as {kept})")
 
     wallets = [spec.wallet for spec in DEMO_INSTITUTIONS]
-    register_institutions(session, DEMO_INSTITUTIONS)
+    register_addresses = register_institutions(session, DEMO_INSTITUTIONS)
     echo(f"[3/9] registered {len(wallets)} institutions, each with its own encrypted keystore")
 
     ledger = session.ledger()
@@ -72,17 +72,18 @@ def run_demo(
         f"-> {traffic_file}"
     )
 
-    started = time.perf_counter()
-    with progress(len(items), "relay") as bar:
-        report = relay(ledger, items, batch_size=batch_size, progress=bar)
-    relay_seconds = time.perf_counter() - started
-    if report.rejected:
-        first = report.rejected[0]
-        raise MedmeterError(f"{len(report.rejected)} simulated interactions were refused, first: {first.reason}")
+    url = start_service(session, batch_size=batch_size, echo=echo)
+    try:
+        addresses = dict(zip(register_addresses, wallets, strict=True))
+        with progress(len(items), "record") as bar:
+            relayed = relay_through_service(session, url, items, addresses, bar)
+    finally:
+        stop_service(workspace.state_dir)
     echo(
-        f"[6/9] relayed {len(report.recorded)} interactions in {len(report.transactions)} batches of up to "
-        f"{batch_size}: {relay_seconds:.1f} s, {len(report.recorded) / relay_seconds:,.0f} interactions/s, "
-        f"{report.gas_per_interaction:,.0f} gas per interaction"
+        f"[6/9] the institutions posted {len(items)} interactions to the platform service at {url} in "
+        f"{relayed.requests} requests; it recorded {relayed.recorded} in {relayed.transactions} batches of up to "
+        f"{batch_size}: {relayed.seconds:.1f} s, {relayed.recorded / relayed.seconds:,.0f} interactions/s, "
+        f"{relayed.gas_per_interaction:,.0f} gas per interaction (service stopped; `medmeter serve --detach` runs it)"
     )
 
     wait_for_next_block(ledger)

@@ -30,6 +30,11 @@ from medmeter.signing.interaction import SignedInteraction, parse_signed
 log = logging.getLogger("medmeter.service")
 
 IDLE_POLL_SECONDS = 0.02
+# How long a part-filled batch waits for more items before it is sent: a batch of one costs about
+# 70,000 gas, a full batch of 100 about 17,600 per item, and hospital systems post as exchanges
+# happen, a few items at a time. A quarter second of added latency buys batches up to four times
+# cheaper per item (and as many fewer transactions) whenever items trickle in.
+BATCH_LINGER_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 5.0
 FINAL_STATUS = {"InteractionExpired": "expired"}
 # Parsed items kept in memory between intake and relaying (about 1 KB each).
@@ -92,8 +97,10 @@ class Relayer:
         batch_size: int = engine.DEFAULT_BATCH_SIZE,
         chunk_batches: int = engine.MAX_IN_FLIGHT * 2,
         confirmations: int = 0,
+        linger: float = BATCH_LINGER_SECONDS,
     ) -> None:
         self.ledger = ledger
+        self.linger = linger
         self.outbox = outbox
         self.metrics = metrics
         self.batch_size = batch_size
@@ -179,6 +186,9 @@ class Relayer:
         self._observe_head()
         if not rows:
             return False
+        if len(rows) < self.batch_size and self.linger > 0:
+            self._stop.wait(self.linger)
+            rows = self.outbox.next_queued(self.chunk)
         items = self._items(rows)
         engine.relay(
             self.ledger,

@@ -122,11 +122,14 @@ def read_info(state_dir: Path) -> dict[str, Any] | None:
     return info
 
 
-def wait_ready(url: str, timeout: float = 60) -> bool:
+def wait_ready(url: str, timeout: float = 60, process: subprocess.Popen[bytes] | None = None) -> bool:
+    """True once `url`/healthz answers; False after `timeout` or as soon as `process` has exited."""
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
         try:
             requests.get(url + "/healthz", timeout=2)
             return True
@@ -135,8 +138,9 @@ def wait_ready(url: str, timeout: float = 60) -> bool:
     return False
 
 
-def detach(args: list[str], state_dir: Path, url: str) -> int:
-    """Start `medmeter serve ARGS` in the background, logging to .medmeter/service/service.log."""
+def detach(args: list[str], state_dir: Path, url: str, env: dict[str, str] | None = None) -> int:
+    """Start `medmeter serve ARGS` in the background (with `env`, else this process's environment),
+    logging to .medmeter/service/service.log."""
     log = state_dir / "service" / "service.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
@@ -144,11 +148,16 @@ def detach(args: list[str], state_dir: Path, url: str) -> int:
             [sys.executable, "-c", "from medmeter.cli import main; main()", *args],
             stdout=handle,
             stderr=handle,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
-    if not wait_ready(url):
-        process.kill()
-        raise ServiceError(f"the service did not answer on {url} within 60 s: see {log}.")
+    if not wait_ready(url, process=process):
+        if process.poll() is None:
+            process.kill()
+            raise ServiceError(f"the service did not answer on {url} within 60 s: see {log}.")
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(nothing logged)"]
+        raise ServiceError(f"the service stopped at start ({last[0]}): see {log}.")
     return process.pid
 
 
