@@ -20,6 +20,7 @@ from tests.service.conftest import Server, make_workspace
 from tests.support.chains import deploy_env
 
 from medmeter.chain.rpc import connect
+from medmeter.contract.facts import MAX_BATCH_SIZE
 from medmeter.signing.interaction import InteractionSigner, Kind, iter_json_lines
 from medmeter.toolchain.compiler import compile_ledger
 from medmeter.workspace import Workspace
@@ -42,7 +43,7 @@ def main() -> None:
         w3 = connect(url)
         env = deploy_env(w3, compile_ledger(workspace), institutions=8, credit_line=10**9)
         root = Path(tempfile.mkdtemp(prefix="medmeter-service-bench-"))
-        server = Server(root, url, make_workspace(root, env), extra=("--batch-size", "180"))
+        server = Server(root, url, make_workspace(root, env), extra=("--batch-size", str(MAX_BATCH_SIZE)))
         server.start()
         signers = [InteractionSigner(env.ledger.domain, a) for a in env.institutions]
         items = [

@@ -347,8 +347,19 @@ def test_settings_flag_over_environment_over_medmeter_toml(ws: CliWorkspace, ser
         ("service = 5\n", {}, ("--detach",), ("medmeter.toml: service is not a table", "[service]")),
         ('[service]\nport = "eighty"\n', {}, ("--detach",), ("port='eighty'", "[service] port in medmeter.toml")),
         ("", {"MEDMETER_SERVICE_PORT": "eighty"}, ("--detach",), ("port='eighty'", "$MEDMETER_SERVICE_PORT")),
+        # a batch the contract would refuse is refused before anything is acknowledged, wherever it is set
+        ("[service]\nbatch_size = 180\n", {}, ("--detach",), ("batch_size=180 is outside 1..140", "medmeter.toml")),
+        ("", {"MEDMETER_SERVICE_BATCH_SIZE": "141"}, (), ("batch_size=141 is outside 1..140",)),
     ],
-    ids=["not-toml-detach", "not-toml-foreground", "service-not-a-table", "port-not-int", "env-port-not-int"],
+    ids=[
+        "not-toml-detach",
+        "not-toml-foreground",
+        "service-not-a-table",
+        "port-not-int",
+        "env-port-not-int",
+        "toml-batch-over-contract",
+        "env-batch-over-contract",
+    ],
 )
 def test_bad_settings_are_one_sentence(
     ws: CliWorkspace,

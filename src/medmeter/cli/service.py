@@ -9,13 +9,18 @@ from pathlib import Path
 import click
 
 from medmeter.cli.context import session_of
+from medmeter.contract.facts import MAX_BATCH_SIZE
 
 
 @click.group(invoke_without_command=True)
 @click.option("--host", help="Address to bind (default 127.0.0.1) [env MEDMETER_SERVICE_HOST].")
 @click.option("--port", type=int, help="Port (default 8700) [env MEDMETER_SERVICE_PORT].")
 @click.option("--outbox", help="SQLite outbox file (default .medmeter/service/outbox.sqlite3).")
-@click.option("--batch-size", type=click.IntRange(1, 180), help="Interactions per transaction (default 100).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH_SIZE),
+    help=f"Interactions per transaction (default 100; the contract takes at most {MAX_BATCH_SIZE}).",
+)
 @click.option("--confirmations", type=click.IntRange(0), help="Blocks on top before an item counts as recorded.")
 @click.option("--queue-cap", type=click.IntRange(1), help="Waiting items per institution before 429 (default 50000).")
 @click.option("--detach", is_flag=True, help="Run in the background; stop with `medmeter serve stop`.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from medmeter.contract.facts import MAX_BATCH_SIZE
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -18,7 +20,7 @@ class Metrics:
         self.batch_size = Histogram(
             "medmeter_batch_size",
             "Interactions per relayed transaction.",
-            buckets=(1, 10, 50, 100, 150, 180),
+            buckets=(1, 10, 50, 100, MAX_BATCH_SIZE),
             registry=r,
         )
         self.gas_per_interaction = Gauge(

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from medmeter.contract.facts import MAX_BATCH_SIZE
 from medmeter.errors import ServiceError
 
 ENV_PREFIX = "MEDMETER_SERVICE_"
@@ -60,6 +61,14 @@ class ServiceConfig:
                     f"service setting {f.name}={value!r} is not a {type(getattr(config, f.name)).__name__}: fix the "
                     f"flag, ${ENV_PREFIX}{f.name.upper()} or [service] {f.name} in {CONFIG_FILE}."
                 ) from None
+        # The flag's range does not bound the environment or the file: a batch the contract refuses
+        # would otherwise be found only by the relayer, with the items already acknowledged.
+        if not 1 <= config.batch_size <= MAX_BATCH_SIZE:
+            raise ServiceError(
+                f"service setting batch_size={config.batch_size} is outside 1..{MAX_BATCH_SIZE} (the contract takes "
+                f"at most {MAX_BATCH_SIZE} interactions a transaction): fix the flag, ${ENV_PREFIX}BATCH_SIZE or "
+                f"[service] batch_size in {CONFIG_FILE}."
+            )
         return config
 
 
