@@ -457,3 +457,12 @@ def test_demo_runs_end_to_end(fresh: CliWorkspace) -> None:
     for row in rows:
         assert (row["balance"], row["debt"]) == position(fresh, row["institution"])
     assert fresh.run("period", "list").lines[0].startswith("period 1: blocks ")
+    # Each operating role is on its own key: the operator (the deployer) keeps admin and pauser only.
+    contract = fresh.ledger()
+    operator = fresh.account("operator").address
+    for role in ("registrar", "tariff", "relayer", "settler"):
+        role_id = Web3.keccak(text=f"{role.upper()}_ROLE")
+        assert contract.functions.hasRole(role_id, fresh.account(role).address).call(), role
+        assert not contract.functions.hasRole(role_id, operator).call(), f"the operator still holds {role}"
+    assert contract.functions.hasRole(Web3.keccak(text="PAUSER_ROLE"), operator).call()
+    assert contract.functions.defaultAdmin().call() == operator

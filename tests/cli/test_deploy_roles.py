@@ -91,6 +91,18 @@ def test_deploy_hands_each_named_role_to_its_key_and_the_deployer_keeps_the_rest
     assert "ROLE-A" in ws.run("institution", "list").stdout
     ws.run("tariff", "default")  # the deployer kept the tariff role
 
-    # a ledger is live now: --roles without --new would silently not apply, so it is refused
-    again = ws.run("deploy", "--roles", roles, expect=1)
-    assert_clean_error(again, "already deployed", "--new", "medmeter roles grant")
+    # a ledger is live now: the same roles file keeps it (its roles already are as the file says) ...
+    kept = ws.run("deploy", "--roles", roles)
+    assert "kept it; its roles already are as roles.json says" in kept.stdout, kept.describe()
+    # ... a file the live ledger does not match would silently not apply, so it is refused, naming the role
+    other = ws.root / "other-roles.json"
+    other.write_text(json.dumps({"registrar": keys["settler"]}))
+    again = ws.run("deploy", "--roles", other, expect=1)
+    assert_clean_error(again, "already deployed", "registrar role", "--new", "medmeter roles grant")
+    # keystore names stand for their addresses: the live ledger's roles, named by keystore, keep it too
+    by_name = ws.root / "roles-by-name.json"
+    by_name.write_text(json.dumps({"registrar": "registrar", "relayer": "relayer", "settler": "settler"}))
+    assert "kept it; its roles already are" in ws.run("deploy", "--roles", by_name).stdout
+    unknown = ws.root / "roles-unknown-name.json"
+    unknown.write_text(json.dumps({"registrar": "no-such-keystore"}))
+    assert_clean_error(ws.run("deploy", "--roles", unknown, expect=1), "no-such-keystore", "wallet list")

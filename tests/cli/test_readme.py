@@ -71,7 +71,18 @@ def test_the_readme_walkthrough_works_as_written_after_the_demo(demo_ws: CliWork
         # The demo's period-1 reports are still there, beside period 2's.
         assert (ws.root / "reports" / "settlement-1.csv").is_file()
         assert (ws.root / "reports" / "settlement-2.csv").is_file()
+        # The demo's roles are on the keys samples/roles.json names, so deploy kept its ledger.
+        assert "kept it; its roles already are as roles.json says" in completed.stdout, described
         # `devnet down` ended the block.
         assert "stopped anvil" in completed.stdout, described
     finally:
         ws.close()
+
+
+def test_the_walkthrough_hands_out_the_roles_as_the_demo_does() -> None:
+    """The walk-through continues the demo's ledger with `deploy --roles samples/roles.json`, which keeps
+    it only if its roles already are as the file says: the file and the demo must name the same keys."""
+    from medmeter.app.operations import DEMO_ROLE_WALLETS
+
+    assert json.loads((REPO_ROOT / "samples" / "roles.json").read_text()) == DEMO_ROLE_WALLETS
+    assert "deploy --roles samples/roles.json" in walkthrough_block()

@@ -10,8 +10,10 @@ from typing import Any
 from medmeter.app.keep_deployment import keep_aside, remember
 from medmeter.app.operations import (
     DEMO_INSTITUTIONS,
+    DEMO_ROLE_WALLETS,
     apply_default_tariff,
     register_institutions,
+    role_wallet_addresses,
     simulate_traffic,
     tariff_table,
     wait_for_next_block,
@@ -19,7 +21,7 @@ from medmeter.app.operations import (
 from medmeter.app.pipeline import balances, format_balances, write_period_reports
 from medmeter.app.session import Session
 from medmeter.app.through_service import relay_through_service, start_service, stop_service
-from medmeter.chain.deployment import deploy
+from medmeter.chain.deployment import deploy, hand_over_roles
 from medmeter.chain.rpc import Transactor
 from medmeter.errors import MedmeterError
 from medmeter.fileio import write_atomic
@@ -52,12 +54,21 @@ def run_demo(
     if (kept := keep_aside(previous)) is not None:
         echo(f"      (the previous deployment file is kept as {kept})")
 
+    roles = role_wallet_addresses(session, DEMO_ROLE_WALLETS)
+    hand_over_roles(session.w3, Transactor(session.w3, operator), deployment, roles)
+    echo(
+        "      roles on their own keys: "
+        + ", ".join(f"{word} {address}" for word, address in roles.items())
+        + f"; the operator {operator.address} keeps admin and pauser"
+    )
+    as_role = {word: session.ledger_as(wallet) for word, wallet in DEMO_ROLE_WALLETS.items() if word != "relayer"}
+
     wallets = [spec.wallet for spec in DEMO_INSTITUTIONS]
-    register_addresses = register_institutions(session, DEMO_INSTITUTIONS)
+    register_addresses = register_institutions(session, DEMO_INSTITUTIONS, as_role["registrar"])
     echo(f"[3/9] registered {len(wallets)} institutions, each with its own encrypted keystore")
 
-    ledger = session.ledger()
-    apply_default_tariff(ledger)
+    ledger = session.ledger(as_operator=False)
+    apply_default_tariff(as_role["tariff"])
     echo("[4/9] tariff set:\n" + tariff_table(ledger))
 
     started = time.perf_counter()
@@ -72,7 +83,7 @@ def run_demo(
         f"-> {traffic_file}"
     )
 
-    url = start_service(session, batch_size=batch_size, echo=echo)
+    url = start_service(session, relayer_wallet=DEMO_ROLE_WALLETS["relayer"], batch_size=batch_size, echo=echo)
     try:
         addresses = dict(zip(register_addresses, wallets, strict=True))
         with progress(len(items), "record") as bar:
@@ -88,7 +99,7 @@ def run_demo(
 
     wait_for_next_block(ledger)
     number, _ = ledger.current_period()
-    ledger.close_period()
+    as_role["settler"].close_period()
     first_block, last_block = ledger.period_range(number)
     echo(f"[7/9] closed period {number}: blocks {first_block}..{last_block}")
 
@@ -99,7 +110,7 @@ def run_demo(
         raise MedmeterError("events and contract state disagree: see the rows marked NO.")
 
     echo(f"[9/9] settlement reports for period {number}: export, CSVs, charts, anchored root, statements")
-    write_period_reports(session, number, echo)
+    write_period_reports(session, number, echo, settler=as_role["settler"])
     echo(
         f"\nthe ledger stays up: {session.rpc_url}  "
         f"(deployment: {workspace.deployments_dir / f'{deployment.chain_id}.json'})"

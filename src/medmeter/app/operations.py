@@ -35,13 +35,27 @@ DEMO_INSTITUTIONS: tuple[InstitutionSpec, ...] = (
 )
 
 
-def register_institutions(session: Session, specs: tuple[InstitutionSpec, ...]) -> list[str]:
+# The demo's operating roles, each on its own keystore (role word -> keystore name), as
+# samples/roles.json hands them out for the walk-through: the operator (the deployer) keeps only
+# the admin role and the pauser role.
+DEMO_ROLE_WALLETS = {"registrar": "registrar", "tariff": "tariff", "relayer": "relayer", "settler": "settler"}
+
+
+def role_wallet_addresses(session: Session, wallets: dict[str, str]) -> dict[str, str]:
+    """{role word: address} for `wallets` (role word -> keystore name), creating the missing keystores."""
+    for wallet in wallets.values():
+        if not session.keystores.exists(wallet):
+            session.keystores.create(wallet)
+    return {word: session.keystores.address(wallet) for word, wallet in wallets.items()}
+
+
+def register_institutions(session: Session, specs: tuple[InstitutionSpec, ...], registrar: Ledger) -> list[str]:
     """The demo's institutions: each key signs its own registration consent (the demo keeps every
     key in one workspace; the documented flow has each clinic run `medmeter consent` on its own
     machine), and the registrar registers it unless it already is."""
     from medmeter.signing.consent import registration
 
-    ledger = session.ledger()
+    ledger = registrar
     addresses = []
     for spec in specs:
         if not session.keystores.exists(spec.wallet):

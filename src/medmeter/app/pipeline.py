@@ -176,9 +176,11 @@ def write_period_reports(
     export_dir: Path | None = None,
     anchor: bool = True,
     statements: bool = True,
+    settler: Ledger | None = None,
 ) -> ReportPaths:
-    """Export, settle and reconcile `period`; write its CSVs and charts; anchor its root (operator's
-    settler role) and write every institution's statement to reports/statements/. Echoes where."""
+    """Export, settle and reconcile `period`; write its CSVs and charts; anchor its root (as
+    `settler`, a ledger sending from the settler role's key; default the operator) and write every
+    institution's statement to reports/statements/. Echoes where."""
     from medmeter.statement.statements import anchor_settlement, write_statements
 
     started = time.perf_counter()
@@ -192,7 +194,7 @@ def write_period_reports(
     statement_paths: tuple[Path, ...] = ()
     statements_dir = None
     if anchor:
-        result = anchor_settlement(session.ledger(), settlement)
+        result = anchor_settlement(settler or session.ledger(), settlement)
         root, anchor_tx = result.root, result.tx_hash
     if statements:
         statements_dir = reports_dir / STATEMENTS_DIR

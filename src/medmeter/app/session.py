@@ -83,6 +83,18 @@ class Session:
             self._ledgers[as_operator] = Ledger(self.w3, self.deployment, sender)
         return self._ledgers[as_operator]
 
+    def ledger_as(self, wallet: str) -> Ledger:
+        """The ledger with transactions sent from keystore `wallet` (a role's own key, such as the
+        demo's registrar), funded for gas on a dev node."""
+        if not self.keystores.exists(wallet):
+            raise WalletError(
+                f"no keystore {wallet!r} ({wallet_listing(wallet, self.keystores.names())}): create it with "
+                f"`medmeter wallet new {wallet}` and grant it its role with `medmeter roles grant`."
+            )
+        account = self.keystores.unlock(wallet)
+        self.ensure_funded(account.address)
+        return Ledger(self.w3, self.deployment, account)
+
     def operator(self):  # -> LocalAccount
         if not self.keystores.exists(self.operator_name):
             names = self.keystores.names()

@@ -37,10 +37,11 @@ class ServiceRelay:
     seconds: float
 
 
-def start_service(session: Session, *, batch_size: int, echo: Callable[[str], Any]) -> str:
-    """Start a detached `medmeter serve` on this session's node and ledger, with an outbox of its
-    own for this ledger; a service left running in the workspace is stopped first, since it serves
-    the deployment this run has just replaced."""
+def start_service(session: Session, *, relayer_wallet: str, batch_size: int, echo: Callable[[str], Any]) -> str:
+    """Start a detached `medmeter serve` on this session's node and ledger, relaying with keystore
+    `relayer_wallet` (it holds the relayer role), with an outbox of its own for this ledger; a
+    service left running in the workspace is stopped first, since it serves the deployment this
+    run has just replaced."""
     state_dir = session.workspace.state_dir
     if (running := server.read_info(state_dir)) is not None:
         server.stop(state_dir)
@@ -48,12 +49,12 @@ def start_service(session: Session, *, batch_size: int, echo: Callable[[str], An
     deployment = session.deployment
     port = free_port(PREFERRED_SERVICE_PORT)
     outbox = state_dir / "service" / f"outbox-{deployment.chain_id}-{deployment.address}.sqlite3"
-    args = ["--rpc-url", session.rpc_url, "--operator", session.operator_name]
+    args = ["--rpc-url", session.rpc_url, "--operator", relayer_wallet]
     if session.deployment_file is not None:
         args += ["--deployment", str(session.deployment_file)]
     args += ["serve", "--port", str(port), "--outbox", str(outbox), "--batch-size", str(batch_size)]
     # The detached service cannot prompt: hand it the password this run already has.
-    env = {**os.environ, PASSWORD_ENV: session.keystores.password(session.operator_name)}
+    env = {**os.environ, PASSWORD_ENV: session.keystores.password(relayer_wallet)}
     url = f"http://127.0.0.1:{port}"
     server.detach(args, state_dir, url, env=env)
     return url

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,11 +193,12 @@ class RoleAssignment:
     from_file: bool
 
 
-def read_roles_file(path: Path) -> dict[str, str]:
+def read_roles_file(path: Path, keystore_address: Callable[[str], str] | None = None) -> dict[str, str]:
     """The operating roles a roles file hands out, as {role word: checksummed address}.
 
     The file is one JSON object mapping role names (registrar, tariff, relayer, settler, pauser; `_ROLE`
-    suffix and case ignored) to addresses. Unknown names, the admin role (it moves only in two steps),
+    suffix and case ignored) to addresses, or to keystore names when `keystore_address` resolves them
+    (a value not starting with 0x). Unknown names, the admin role (it moves only in two steps),
     malformed or zero addresses, and a role given twice are refused, naming the file and the entry."""
     from eth_utils import to_checksum_address
 
@@ -227,6 +229,9 @@ def read_roles_file(path: Path) -> dict[str, str]:
             raise InputError(f"{path}: unknown role {key!r}: the roles are {words}.")
         if word in roles:
             raise InputError(f"{path}: role {word} is given twice: keep one entry for it.")
+        if isinstance(value, str) and keystore_address is not None and not value.strip().startswith("0x"):
+            roles[word] = keystore_address(value.strip())
+            continue
         if not isinstance(value, str) or not _well_formed_address(value.strip()):
             raise InputError(
                 f"{path}: the address of {word} ({value!r}) is not an Ethereum address (0x and 40 hex digits, "
@@ -237,6 +242,16 @@ def read_roles_file(path: Path) -> dict[str, str]:
             raise InputError(f"{path}: {word} cannot go to the zero address: nobody could use the role.")
         roles[word] = address
     return roles
+
+
+def roles_differing(w3: Web3, deployment: Deployment, roles: dict[str, str]) -> list[str]:
+    """The role words of `roles` whose address does not hold that role on the deployed ledger."""
+    contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
+    return [
+        word
+        for word, address in roles.items()
+        if not contract.functions.hasRole(Web3.keccak(text=ROLE_WORDS[word]), address).call()
+    ]
 
 
 def _well_formed_address(value: str) -> bool:

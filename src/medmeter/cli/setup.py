@@ -74,9 +74,9 @@ def compile_cmd(ctx: click.Context, force: bool) -> None:
     "--roles",
     "roles_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A JSON object mapping operating roles (registrar, tariff, relayer, settler, pauser) to addresses: each "
-    "is granted to its address and revoked from the deployer. Roles it does not name stay with the deployer, "
-    "which always keeps the admin role.",
+    help="A JSON object mapping operating roles (registrar, tariff, relayer, settler, pauser) to addresses or "
+    "keystore names: each is granted to its address and revoked from the deployer. Roles it does not name stay "
+    "with the deployer, which always keeps the admin role.",
 )
 @click.pass_context
 def deploy(
@@ -96,7 +96,8 @@ def deploy(
     deployed. Hand roles over later with `medmeter roles grant|revoke`.
 
     If this workspace already has a live ledger on the node's chain (after `make demo`, say),
-    `deploy` keeps it and says so: use --new for a second ledger.
+    `deploy` keeps it and says so (with --roles, only if its roles already are as the file says):
+    use --new for a second ledger.
 
     \b
     A roles file (JSON; keys are role names, the `_ROLE` suffix and case are ignored):
@@ -105,13 +106,13 @@ def deploy(
        "settler":   "0x90F79bf6EB2c4f870365E785982E1f101E93b906"}"""
     from medmeter.app.keep_deployment import current_deployment, keep_aside, remember
     from medmeter.chain.deployment import deploy as deploy_ledger
-    from medmeter.chain.deployment import hand_over_roles, load_deployment, read_roles_file
+    from medmeter.chain.deployment import hand_over_roles, load_deployment, read_roles_file, roles_differing
     from medmeter.chain.rpc import Transactor
     from medmeter.cli.context import note
     from medmeter.errors import DeploymentError, InputError
 
-    roles = read_roles_file(roles_file) if roles_file is not None else None
     session = session_of(ctx)
+    roles = read_roles_file(roles_file, session.resolve_address) if roles_file is not None else None
     chain_id = session.w3.eth.chain_id
     if not new_ledger and session.deployment_file is None and current_deployment(session.workspace, chain_id):
         try:
@@ -119,15 +120,17 @@ def deploy(
         except DeploymentError:
             live = None  # the chain was reset: the file names nothing, deploy a fresh ledger
         if live is not None:
-            if roles is not None:
+            if roles is not None and (differing := roles_differing(session.w3, live, roles)):
                 raise InputError(
-                    f"a ledger is already deployed at {live.address} (chain {chain_id}) and --roles applies only to a "
-                    "new one: pass --new to deploy another ledger with these roles, or hand roles on the live one "
-                    "with `medmeter roles grant` and `medmeter roles revoke`."
+                    f"a ledger is already deployed at {live.address} (chain {chain_id}) and its {', '.join(differing)} "
+                    "role is not held as the roles file says; --roles applies only to a new ledger: pass --new to "
+                    "deploy another ledger with these roles, or hand roles on the live one with `medmeter roles "
+                    "grant` and `medmeter roles revoke`."
                 )
+            as_file = f"; its roles already are as {roles_file.name} says" if roles_file is not None else ""
             click.echo(
-                f"MeteringLedger already deployed at {live.address} (chain {chain_id}, block {live.block}); kept it. "
-                "Pass --new to deploy another one."
+                f"MeteringLedger already deployed at {live.address} (chain {chain_id}, block {live.block}); kept it"
+                f"{as_file}. Pass --new to deploy another one."
             )
             return
     operator = session.operator()
