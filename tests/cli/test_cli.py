@@ -457,6 +457,11 @@ def test_demo_runs_end_to_end(fresh: CliWorkspace) -> None:
     for row in rows:
         assert (row["balance"], row["debt"]) == position(fresh, row["institution"])
     assert fresh.run("period", "list").lines[0].startswith("period 1: blocks ")
+    # The demo's reports include the period's disputes and reversals, as `report` writes them: none here.
+    for name in ("disputes", "reversals"):
+        path = fresh.root / "reports" / f"settlement-1-{name}.csv"
+        assert f"{name}:" in result.stdout and f"{path} (none)" in result.stdout, result.describe()
+        assert len(path.read_text().splitlines()) == 1, path.read_text()  # the header only
     # Each operating role is on its own key: the operator (the deployer) keeps admin and pauser only.
     contract = fresh.ledger()
     operator = fresh.account("operator").address

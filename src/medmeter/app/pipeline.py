@@ -19,6 +19,7 @@ from medmeter.errors import MedmeterError
 from medmeter.export.checkpoint import default_export_dir
 from medmeter.export.exporter import Exporter, ExportResult
 from medmeter.export.reading import read_export
+from medmeter.settlement.corrections import Corrections, period_corrections, write_corrections
 from medmeter.settlement.crediting import tally
 from medmeter.settlement.period import (
     PeriodInfo,
@@ -167,6 +168,18 @@ def write_report_files(
     return files, chart_files
 
 
+def write_period_corrections(
+    ledger: Ledger, settlement: PeriodSettlement, export: ExportResult, reports_dir: Path
+) -> tuple[Corrections, tuple[Path, Path]]:
+    """The period's disputes (filed up to the export's last block) and reversals, written to
+    settlement-<P>-disputes.csv and settlement-<P>-reversals.csv (headers only when there are none)."""
+    info = settlement.info
+    corrections = period_corrections(
+        ledger, info.period, info.from_block, info.to_block, export.last_block, export.out_dir, settlement.codes()
+    )
+    return corrections, write_corrections(corrections, reports_dir)
+
+
 def write_period_reports(
     session: Session,
     period: int,
@@ -190,6 +203,7 @@ def write_period_reports(
     export = update_export(reader, out_dir)
     settlement = settle_from_export(reader, export, period)
     files, chart_files = write_report_files(settlement, reports_dir)
+    corrections, (disputes_csv, reversals_csv) = write_period_corrections(reader, settlement, export, reports_dir)
     root = anchor_tx = None
     statement_paths: tuple[Path, ...] = ()
     statements_dir = None
@@ -214,6 +228,8 @@ def write_period_reports(
     echo(f"  exchange matrix:   {files.matrix_csv}")
     echo(f"  categories:        {files.categories_csv}")
     echo(f"  platform fees:     {files.platform_fees_csv} (fees are burned: this is the platform's income)")
+    echo(f"  disputes:          {disputes_csv} ({len(corrections.disputes) or 'none'})")
+    echo(f"  reversals:         {reversals_csv} ({len(corrections.reversals) or 'none'})")
     for chart in chart_files:
         echo(f"  chart:             {chart}")
     if root is not None:

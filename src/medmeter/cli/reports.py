@@ -225,8 +225,7 @@ def report_cmd(
     the reversals recorded in it, and writes them to settlement-<P>-disputes.csv and
     settlement-<P>-reversals.csv: each reversal is its own adjustment line referencing the
     original's digest; the original's row and the reconciled figures never change."""
-    from medmeter.app.pipeline import settle_from_export, write_report_files
-    from medmeter.settlement.corrections import period_corrections, write_corrections
+    from medmeter.app.pipeline import settle_from_export, write_period_corrections, write_report_files
 
     session = session_of(ctx)
     ledger = session.ledger(as_operator=False)
@@ -242,10 +241,7 @@ def report_cmd(
             f"period {number} (blocks {info.from_block}..{info.to_block}): {len(settlement.interactions):,} "
             f"interactions, {len(settlement.rows)} institutions, reconciled with the contract"
         )
-        corrections = period_corrections(
-            ledger, number, info.from_block, info.to_block, export.last_block, export.out_dir, settlement.codes()
-        )
-        disputes_csv, reversals_csv = write_corrections(corrections, reports_dir)
+        corrections, (disputes_csv, reversals_csv) = write_period_corrections(ledger, settlement, export, reports_dir)
         for path in (*files.all(), disputes_csv, reversals_csv, *charts):
             click.echo(f"  {path}")
         _echo_corrections(corrections)
