@@ -441,7 +441,7 @@ def test_demo_runs_end_to_end(fresh: CliWorkspace) -> None:
     assert int(posted[2]) >= 6 and int(posted[3]) >= 2, result.describe()
     with pytest.raises(requests.ConnectionError):  # the demo stops the service it started
         requests.get(posted[1] + "/healthz", timeout=5)
-    client_outboxes = sorted((fresh.state_dir / "clients").glob("*/submit-outbox.jsonl"))
+    client_outboxes = sorted((fresh.state_dir / "clients").glob("*/*/submit-outbox.jsonl"))
     assert len(client_outboxes) == 6 and all(p.read_text() == "" for p in client_outboxes)
     assert "closed period 1: blocks" in result.stdout
     tally = re.findall(r"^PCI-\d{4} .*$", result.stdout, re.M)

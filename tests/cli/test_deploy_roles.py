@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from eth_utils import keccak
 
+from medmeter.toolchain.devnet import free_port
 from tests.support.cli import CliWorkspace, assert_clean_error, make_workspace, register
 
 
@@ -103,6 +104,14 @@ def test_deploy_hands_each_named_role_to_its_key_and_the_deployer_keeps_the_rest
     by_name = ws.root / "roles-by-name.json"
     by_name.write_text(json.dumps({"registrar": "registrar", "relayer": "relayer", "settler": "settler"}))
     assert "kept it; its roles already are" in ws.run("deploy", "--roles", by_name).stdout
+    # the deployer holding a role again that the file hands to another key is not "as the file says"
+    ws.run("roles", "grant", "registrar", keys["operator"])
+    regranted = ws.run("deploy", "--roles", by_name, expect=1)
+    assert_clean_error(regranted, "already deployed", "registrar role")
+    ws.run("roles", "revoke", "registrar", keys["operator"])
+    # the service will not acknowledge items it could not relay: the operator no longer holds the relayer role
+    refused_service = ws.run("serve", "--port", free_port(0), expect=1)
+    assert_clean_error(refused_service, "does not hold the relayer role", "--operator")
     unknown = ws.root / "roles-unknown-name.json"
     unknown.write_text(json.dumps({"registrar": "no-such-keystore"}))
     assert_clean_error(ws.run("deploy", "--roles", unknown, expect=1), "no-such-keystore", "wallet list")

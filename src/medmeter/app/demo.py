@@ -20,7 +20,7 @@ from medmeter.app.operations import (
 )
 from medmeter.app.pipeline import balances, format_balances, write_period_reports
 from medmeter.app.session import Session
-from medmeter.app.through_service import relay_through_service, start_service, stop_service
+from medmeter.app.through_service import refuse_running_service, relay_through_service, start_service, stop_service
 from medmeter.chain.deployment import deploy, hand_over_roles
 from medmeter.chain.rpc import Transactor
 from medmeter.errors import MedmeterError
@@ -44,6 +44,7 @@ def run_demo(
     else:
         echo(f"[1/9] using node {session.rpc_url}")
 
+    refuse_running_service(session)
     if not session.keystores.exists(session.operator_name):
         session.keystores.create(session.operator_name)
     operator = session.operator()
@@ -83,7 +84,7 @@ def run_demo(
         f"-> {traffic_file}"
     )
 
-    url = start_service(session, relayer_wallet=DEMO_ROLE_WALLETS["relayer"], batch_size=batch_size, echo=echo)
+    url = start_service(session, relayer_wallet=DEMO_ROLE_WALLETS["relayer"], batch_size=batch_size)
     try:
         addresses = dict(zip(register_addresses, wallets, strict=True))
         with progress(len(items), "record") as bar:
@@ -94,7 +95,8 @@ def run_demo(
         f"[6/9] the institutions posted {len(items)} interactions to the platform service at {url} in "
         f"{relayed.requests} requests; it recorded {relayed.recorded} in {relayed.transactions} batches of up to "
         f"{batch_size}: {relayed.seconds:.1f} s, {relayed.recorded / relayed.seconds:,.0f} interactions/s, "
-        f"{relayed.gas_per_interaction:,.0f} gas per interaction (service stopped; `medmeter serve --detach` runs it)"
+        f"{relayed.gas_per_interaction:,.0f} gas per interaction "
+        "(service stopped; `medmeter serve --detach --operator relayer` runs it)"
     )
 
     wait_for_next_block(ledger)

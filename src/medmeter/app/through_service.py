@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from medmeter.app.session import Session
 from medmeter.client import Client
@@ -37,22 +36,37 @@ class ServiceRelay:
     seconds: float
 
 
-def start_service(session: Session, *, relayer_wallet: str, batch_size: int, echo: Callable[[str], Any]) -> str:
-    """Start a detached `medmeter serve` on this session's node and ledger, relaying with keystore
-    `relayer_wallet` (it holds the relayer role), with an outbox of its own for this ledger; a
-    service left running in the workspace is stopped first, since it serves the deployment this
-    run has just replaced."""
-    state_dir = session.workspace.state_dir
-    if (running := server.read_info(state_dir)) is not None:
-        server.stop(state_dir)
-        echo(f"      (stopped the service left running, pid {running['pid']}: it served the previous ledger)")
+def demo_outbox(session: Session) -> Path:
+    """The demo service's outbox: one per ledger, so a new demo never relays an old ledger's items."""
     deployment = session.deployment
+    return session.workspace.state_dir / "service" / f"outbox-{deployment.chain_id}-{deployment.address}.sqlite3"
+
+
+def refuse_running_service(session: Session) -> None:
+    """A service already running here serves the ledger the demo is about to replace, and may be the
+    user's own: say so before anything is deployed, rather than stop it."""
+    running = server.read_info(session.workspace.state_dir)
+    if running is not None:
+        raise ServiceError(
+            f"a medmeter service runs in this workspace (pid {running['pid']}, {running['url']}) and the demo would "
+            "deploy a new ledger under it: stop it with `medmeter serve stop` (its outbox keeps what it holds), "
+            "then run the demo again."
+        )
+
+
+def start_service(session: Session, *, relayer_wallet: str, batch_size: int) -> str:
+    """Start a detached `medmeter serve` on this session's node and ledger, relaying with keystore
+    `relayer_wallet` (it holds the relayer role), with an outbox of its own for this ledger."""
+    state_dir = session.workspace.state_dir
     port = free_port(PREFERRED_SERVICE_PORT)
-    outbox = state_dir / "service" / f"outbox-{deployment.chain_id}-{deployment.address}.sqlite3"
+    outbox = demo_outbox(session)
     args = ["--rpc-url", session.rpc_url, "--operator", relayer_wallet]
     if session.deployment_file is not None:
         args += ["--deployment", str(session.deployment_file)]
-    args += ["serve", "--port", str(port), "--outbox", str(outbox), "--batch-size", str(batch_size)]
+    # Explicit, so a user's MEDMETER_SERVICE_* or medmeter.toml (another host, confirmations an automining
+    # devnet never reaches) does not change the demo's service.
+    args += ["serve", "--host", "127.0.0.1", "--port", str(port), "--outbox", str(outbox)]
+    args += ["--batch-size", str(batch_size), "--confirmations", "0"]
     # The detached service cannot prompt: hand it the password this run already has.
     env = {**os.environ, PASSWORD_ENV: session.keystores.password(relayer_wallet)}
     url = f"http://127.0.0.1:{port}"
@@ -71,7 +85,9 @@ def relay_through_service(
     were signed: consecutive runs of one institution go in one request, so a debit never reaches
     the platform before the credit it was simulated on."""
     started = time.perf_counter()
-    clients_dir = session.workspace.state_dir / "clients"
+    # Per deployment: an item left undelivered by an earlier demo is signed for that ledger's domain.
+    deployment = session.deployment
+    clients_dir = session.workspace.state_dir / "clients" / f"{deployment.chain_id}-{deployment.address}"
     clients = {
         address: Client(url, clients_dir / wallet / "submit-outbox.jsonl") for address, wallet in wallets.items()
     }
@@ -113,6 +129,7 @@ def relay_through_service(
 
 def _wait_until_recorded(session: Session, client: Client, total: int, progress: Callable[[int], None]) -> None:
     log = session.workspace.state_dir / "service" / "service.log"
+    outbox = demo_outbox(session)
     shown = 0
     last_move = time.monotonic()
     while True:
@@ -120,7 +137,7 @@ def _wait_until_recorded(session: Session, client: Client, total: int, progress:
         if counts.get("refused") or counts.get("expired"):
             raise ServiceError(
                 f"the service could not record {counts.get('refused', 0) + counts.get('expired', 0)} of the demo's "
-                f"interactions: ask it with `medmeter status --gateway {client.gateway} ID`, and see {log}."
+                f"interactions: the reasons are in its log {log}."
             )
         done = counts.get("recorded", 0)
         if done > shown:
@@ -131,7 +148,8 @@ def _wait_until_recorded(session: Session, client: Client, total: int, progress:
         if time.monotonic() - last_move > STALL_SECONDS:
             raise MedmeterError(
                 f"the service recorded {done} of {total} interactions and nothing moved for {STALL_SECONDS:.0f} s: "
-                f"see {log}; what it acknowledged stays in its outbox and is relayed when it runs again."
+                f"see {log}; what it acknowledged stays in its outbox {outbox}, relayed when `medmeter serve "
+                f"--detach --operator relayer --outbox {outbox}` runs."
             )
         time.sleep(POLL_SECONDS)
 

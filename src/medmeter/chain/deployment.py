@@ -230,28 +230,32 @@ def read_roles_file(path: Path, keystore_address: Callable[[str], str] | None = 
         if word in roles:
             raise InputError(f"{path}: role {word} is given twice: keep one entry for it.")
         if isinstance(value, str) and keystore_address is not None and not value.strip().startswith("0x"):
-            roles[word] = keystore_address(value.strip())
-            continue
-        if not isinstance(value, str) or not _well_formed_address(value.strip()):
+            address = to_checksum_address(keystore_address(value.strip()))
+        elif not isinstance(value, str) or not _well_formed_address(value.strip()):
             raise InputError(
                 f"{path}: the address of {word} ({value!r}) is not an Ethereum address (0x and 40 hex digits, "
                 "with a valid checksum if it mixes cases): copy it again from `medmeter wallet list`."
             )
-        address = to_checksum_address(value.strip())
+        else:
+            address = to_checksum_address(value.strip())
         if address == ZERO_ADDRESS:
             raise InputError(f"{path}: {word} cannot go to the zero address: nobody could use the role.")
         roles[word] = address
     return roles
 
 
-def roles_differing(w3: Web3, deployment: Deployment, roles: dict[str, str]) -> list[str]:
-    """The role words of `roles` whose address does not hold that role on the deployed ledger."""
+def roles_differing(w3: Web3, deployment: Deployment, roles: dict[str, str], deployer: str) -> list[str]:
+    """The role words of `roles` that the deployed ledger does not hold as a fresh `deploy --roles`
+    would leave them: the named address lacks the role, or the deployer still holds one it handed on."""
     contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
-    return [
-        word
-        for word, address in roles.items()
-        if not contract.functions.hasRole(Web3.keccak(text=ROLE_WORDS[word]), address).call()
-    ]
+    deployer = Web3.to_checksum_address(deployer)
+    differing = []
+    for word, address in roles.items():
+        role_id = Web3.keccak(text=ROLE_WORDS[word])
+        held = contract.functions.hasRole(role_id, address).call()
+        if not held or (address != deployer and contract.functions.hasRole(role_id, deployer).call()):
+            differing.append(word)
+    return differing
 
 
 def _well_formed_address(value: str) -> bool:

@@ -49,7 +49,18 @@ def serve(ctx: click.Context, detach: bool, **flags: object) -> None:
         click.echo(url)
         return
     _refuse_taken_port(config.host, config.port)
-    session.ledger()  # fail here, in one sentence, if the node, deployment or operator is missing
+    ledger = session.ledger()  # fail here, in one sentence, if the node, deployment or operator is missing
+    sender = session.operator().address
+    if not ledger.call(ledger.contract.functions.hasRole(ledger.role_id("relayer"), sender)):
+        # Otherwise every item would be acknowledged, then refused on chain: the clinics' clients drop
+        # what the service answered for, so the refusal must come before the first answer.
+        from medmeter.errors import ServiceError
+
+        raise ServiceError(
+            f"the key {session.operator_name!r} ({sender}) does not hold the relayer role on {ledger.address}: start "
+            "the service with --operator and the keystore that does (`medmeter roles list` shows who; after "
+            "`make demo` it is `relayer`)."
+        )
     click.echo(f"medmeter service on {url} (docs {url}/docs)", err=True)
     server.run(session, config)
 

@@ -120,7 +120,8 @@ def deploy(
         except DeploymentError:
             live = None  # the chain was reset: the file names nothing, deploy a fresh ledger
         if live is not None:
-            if roles is not None and (differing := roles_differing(session.w3, live, roles)):
+            deployer = session.operator().address if roles is not None else ""
+            if roles is not None and (differing := roles_differing(session.w3, live, roles, deployer)):
                 raise InputError(
                     f"a ledger is already deployed at {live.address} (chain {chain_id}) and its {', '.join(differing)} "
                     "role is not held as the roles file says; --roles applies only to a new ledger: pass --new to "
