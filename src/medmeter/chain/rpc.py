@@ -13,7 +13,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3RPCError
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxReceipt
 
 from medmeter.errors import (
     ContractExecutionError,
@@ -48,6 +48,10 @@ def connect(rpc_url: str, *, retries: int = RETRIES, backoff: float = BACKOFF_SE
             retries=retries,
             backoff_factor=backoff,
         ),
+        # web3's validation middleware asks eth_chainId before every eth_call and transaction: one
+        # round trip per batch dry run and send, for an answer that never changes on an endpoint.
+        cache_allowed_requests=True,
+        cacheable_requests={RPCEndpoint("eth_chainId")},
     )
     w3 = Web3(provider)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from coincurve import PublicKey
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
+from sha3 import keccak_256
 
 from medmeter.signing import interaction as signing
 from medmeter.signing.interaction import Domain, SignedInteraction
@@ -31,7 +32,9 @@ class Digester:
         if separator is None:
             signable = encode_typed_data(full_message=signing.typed_data(item.interaction, item.domain))
             separator = self._separators[item.domain] = bytes(signable.header)
-        fast = keccak(b"\x19\x01" + separator + keccak(self._typehash + item.interaction.abi_words()))
+        # pysha3 directly: eth_utils' keccak costs ~5 us a call in argument checks, pysha3 0.8 us.
+        struct_hash = keccak_256(self._typehash + item.interaction.abi_words()).digest()
+        fast = keccak_256(b"\x19\x01" + separator + struct_hash).digest()
         if self._fast_ok is None:
             self._fast_ok = fast == signing.digest(item.interaction, item.domain)
             if not self._fast_ok:
@@ -43,10 +46,15 @@ class Digester:
 
     def signer(self, item: SignedInteraction, digest: bytes | None = None) -> str | None:
         """The address that signed `item`, or None if the signature recovers to no key."""
+        raw = self.signer_bytes(item, digest)
+        return None if raw is None else to_checksum_address(raw)
+
+    def signer_bytes(self, item: SignedInteraction, digest: bytes | None = None) -> bytes | None:
+        """The 20 bytes of the address that signed `item` (no checksum: the service compares bytes)."""
         raw = bytes.fromhex(item.signature[2:])
         v = raw[64] - 27 if raw[64] >= 27 else raw[64]
         try:
             key = PublicKey.from_signature_and_message(raw[:64] + bytes([v]), digest or self.digest(item), hasher=None)
         except (ValueError, Exception):  # coincurve raises a bare Exception for an invalid signature
             return None
-        return to_checksum_address(keccak(key.format(compressed=False)[1:])[-20:])
+        return keccak_256(key.format(compressed=False)[1:]).digest()[-20:]

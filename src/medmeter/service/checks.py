@@ -12,22 +12,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from eth_utils import to_checksum_address
+
 from medmeter.chain.ledger import Ledger
 from medmeter.contract.facts import MAX_RECORDS_PER_INTERACTION, Kind
 from medmeter.contract.revert_advice import STATUS_NAMES
+from medmeter.relay import engine
 from medmeter.relay.digests import Digester
 from medmeter.settlement.crediting import gross_units
 from medmeter.signing.interaction import ZERO_ADDRESS, SignedInteraction
 
-NONCE_BITMAP_SIGNATURE = "nonceBitmap(address,uint256)"
-BITMAP_BATCH = 500
-
 REGISTRY_TTL_SECONDS = 2.0
 TARIFF_TTL_SECONDS = 5.0
-
-
-class NodeAnswerError(Exception):
-    """The node answered a read with an error or in a shape it should not have."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +38,10 @@ class Profile:
     signer: str
     fetched_at: float
 
+    @property
+    def signer_bytes(self) -> bytes:
+        return bytes.fromhex(self.signer[2:])
+
 
 class ChainView:
     """Registry entries and the tariff, read from the ledger and kept for a few seconds."""
@@ -53,7 +53,6 @@ class ChainView:
         self._rates_at = 0.0
         self._lock = threading.Lock()
         self._used_bits: dict[tuple[str, int], int] = {}
-        self._selector: str | None = None
 
     def profiles(self, addresses: set[str], *, fresh: bool = False) -> dict[str, Profile]:
         now = time.monotonic()
@@ -82,63 +81,20 @@ class ChainView:
         return {a: self._profiles[a] for a in addresses}
 
     def used_nonces(self, items: list[SignedInteraction]) -> set[int]:
-        """Indices of `items` whose (institution, nonce) is used on chain: the same question as
-        `engine.find_already_recorded`, asked in one raw JSON-RPC batch of `eth_call`s (calldata encoded
-        here, not by web3's contract machinery, which costs ~5 ms a call). A used bit never clears, so
-        a set bit read once is remembered; an unset one is read again on every POST."""
-        selector = self._bitmap_selector()
-        if selector is None:  # the ledger has no nonceBitmap(address,uint256): the engine's way
-            from medmeter.relay.engine import find_already_recorded
-
-            return find_already_recorded(self.ledger, items)
-        asked: dict[tuple[str, int], int] = {}
+        """Indices of `items` whose (institution, nonce) is used on chain (`engine.nonce_words`). A used
+        bit never clears, so a set bit read once is remembered; an unset one is read again on every POST."""
+        asked: dict[engine.NonceWord, int] = {}
         for item in items:
             key = (item.interaction.institution, item.interaction.nonce >> 8)
             asked[key] = asked.get(key, 0) | (1 << (item.interaction.nonce & 0xFF))
         # Bits known set are final; read a word again only if one of its asked bits is not known set.
         wanted = sorted(key for key, mask in asked.items() if mask & ~self._used_bits.get(key, 0))
         if wanted:
-            to = self.ledger.address
-            calls = [
-                (
-                    "eth_call",
-                    [{"to": to, "data": selector + institution[2:].lower().rjust(64, "0") + f"{word:064x}"}, "latest"],
-                )
-                for institution, word in wanted
-            ]
-            answers: list[Any] = []
-            for start in range(0, len(calls), BITMAP_BATCH):
-                chunk = calls[start : start + BITMAP_BATCH]
-                answer = self.ledger.w3.provider.make_batch_request(chunk)  # type: ignore[arg-type]
-                if not isinstance(answer, list) or len(answer) != len(chunk):
-                    raise NodeAnswerError(f"the node answered {len(chunk)} eth_call with {answer!r:.200}")
-                answers.extend(answer)
-            for key, answer in zip(wanted, answers, strict=True):  # web3 sorts the answers by request id
-                if "error" in answer or "result" not in answer:
-                    raise NodeAnswerError(f"nonceBitmap{key} failed: {answer.get('error')}")
-                value = int(answer["result"], 16) if answer["result"] not in ("0x", "") else 0
-                with self._lock:
+            read = engine.nonce_words(self.ledger, wanted)
+            with self._lock:
+                for key, value in read.items():
                     self._used_bits[key] = self._used_bits.get(key, 0) | value
-        return {
-            index
-            for index, item in enumerate(items)
-            if (self._used_bits.get((item.interaction.institution, item.interaction.nonce >> 8), 0))
-            >> (item.interaction.nonce & 0xFF)
-            & 1
-        }
-
-    def _bitmap_selector(self) -> str | None:
-        if self._selector is None:
-            from eth_utils import function_signature_to_4byte_selector
-
-            found = any(
-                entry.get("type") == "function"
-                and entry.get("name") == "nonceBitmap"
-                and [i["type"] for i in entry.get("inputs", [])] == ["address", "uint256"]
-                for entry in self.ledger.contract.abi
-            )
-            self._selector = "0x" + function_signature_to_4byte_selector(NONCE_BITMAP_SIGNATURE).hex() if found else ""
-        return self._selector or None
+        return engine.used_in(self._used_bits, items)
 
     def rates(self) -> dict[int, tuple[int, int]]:
         """category → (sync units per record, fetch units per record), for defined categories only."""
@@ -221,9 +177,9 @@ def check_item(
             return Refusal(
                 "InstitutionNotActive", f"the {role} {address} is {profile.status}: ask the platform to reinstate it."
             )
-    recovered = digester.signer(item, digest)
-    expected = profiles[interaction.institution].signer
-    if recovered != expected:
+    recovered_bytes = digester.signer_bytes(item, digest)
+    if recovered_bytes != profiles[interaction.institution].signer_bytes:
+        recovered = None if recovered_bytes is None else to_checksum_address(recovered_bytes)
         # The signer may have just been rotated: read the registry again before refusing.
         try:
             fresh = view.profiles({interaction.institution}, fresh=True)[interaction.institution]

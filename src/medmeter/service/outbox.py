@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+# The statuses that free an (institution, nonce): the partial index's condition, which the lookup repeats.
+DEAD = "('refused','expired','cancelled')"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,               -- the EIP-712 digest, 0x-hex
@@ -40,7 +43,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 -- A (institution, nonce) belongs to one live interaction; a refused or expired one frees it.
 CREATE UNIQUE INDEX IF NOT EXISTS live_nonce ON items (institution, nonce)
-    WHERE status NOT IN ('refused', 'expired', 'cancelled');
+    WHERE status NOT IN {DEAD};
 CREATE INDEX IF NOT EXISTS by_status ON items (status, seq);
 CREATE INDEX IF NOT EXISTS by_institution ON items (institution, seq);
 """
@@ -145,10 +148,15 @@ class Outbox:
         key_list = [(institution, nonce_key(nonce)) for institution, nonce in keys]
         for start in range(0, len(key_list), 400):
             chunk = key_list[start : start + 400]
-            clause = " OR ".join("(institution = ? AND nonce = ?)" for _ in chunk)
+            rows = ",".join("(?,?)" for _ in chunk)
             params = [value for pair in chunk for value in pair]
+            # The WHERE repeats the partial index's own condition word for word, so SQLite searches
+            # `live_nonce` once per key; an OR of the keys scanned every recorded row instead, which
+            # made each POST slower as the outbox grew (596 items/s at 20,000 against 2,540 at 10,000).
             for institution, nonce, item_id in self.db.execute(
-                f"SELECT institution, nonce, id FROM items WHERE status IN ('queued','sent','recorded') AND ({clause})",
+                f"WITH asked(institution, nonce) AS (VALUES {rows}) SELECT items.institution, items.nonce, items.id"
+                " FROM asked JOIN items INDEXED BY live_nonce ON items.institution = asked.institution"
+                f" AND items.nonce = asked.nonce WHERE items.status NOT IN {DEAD}",
                 params,
             ):
                 by_key[(institution, int(nonce, 16))] = item_id
