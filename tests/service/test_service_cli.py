@@ -350,6 +350,15 @@ def test_settings_flag_over_environment_over_medmeter_toml(ws: CliWorkspace, ser
         # a batch the contract would refuse is refused before anything is acknowledged, wherever it is set
         ("[service]\nbatch_size = 180\n", {}, ("--detach",), ("batch_size=180 is outside 1..140", "medmeter.toml")),
         ("", {"MEDMETER_SERVICE_BATCH_SIZE": "141"}, (), ("batch_size=141 is outside 1..140",)),
+        # a TOML value of the wrong kind is named, never a traceback, never truncated or taken as a number
+        ("[service]\nport = [8701]\n", {}, ("--detach",), ("port=[8701] is not a whole number", "[service] port")),
+        ("[service]\nbatch_size = 50.5\n", {}, ("--detach",), ("batch_size=50.5 is not a whole number",)),
+        ("[service]\nconfirmations = true\n", {}, ("--detach",), ("confirmations=True is not a whole number",)),
+        ("[service]\nhost = 127\n", {}, ("--detach",), ("host=127 is not text", "quote it")),
+        ("", {"MEDMETER_SERVICE_QUEUE_CAP": "-5"}, ("--detach",), ("queue_cap=-5 is outside 1..",)),
+        ('[service]\nlog_level = "loud"\n', {}, ("--detach",), ("log_level='loud' is not one of",)),
+        # a misspelt setting would otherwise be silently ignored while the operator believes it holds
+        ("[service]\nbatchsize = 50\n", {}, ("--detach",), ("unknown [service] setting(s) batchsize", "batch_size")),
     ],
     ids=[
         "not-toml-detach",
@@ -359,6 +368,13 @@ def test_settings_flag_over_environment_over_medmeter_toml(ws: CliWorkspace, ser
         "env-port-not-int",
         "toml-batch-over-contract",
         "env-batch-over-contract",
+        "toml-list",
+        "toml-float",
+        "toml-bool",
+        "toml-host-number",
+        "env-negative",
+        "toml-log-level",
+        "toml-unknown-key",
     ],
 )
 def test_bad_settings_are_one_sentence(

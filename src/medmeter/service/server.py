@@ -46,30 +46,61 @@ class ServiceConfig:
                 raise ServiceError(f"{path} is not valid TOML ({exc}): fix its [service] table.") from None
             if not isinstance(table, dict):
                 raise ServiceError(f"{path}: service is not a table: write its settings under a [service] line.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            # A misspelt setting silently ignored is a setting the operator believes is in force.
+            raise ServiceError(
+                f"{path}: unknown [service] setting(s) {', '.join(unknown)}: the settings are "
+                f"{', '.join(sorted(known))}."
+            )
         for f in fields(cls):
-            value = flags.get(f.name)
+            value, source = flags.get(f.name), "the flag"
             if value is None:
-                value = os.environ.get(ENV_PREFIX + f.name.upper())
+                value, source = os.environ.get(ENV_PREFIX + f.name.upper()), f"${ENV_PREFIX}{f.name.upper()}"
             if value is None:
-                value = table.get(f.name)
+                value, source = table.get(f.name), f"[service] {f.name} in {CONFIG_FILE}"
             if value is None:
                 continue
-            try:
-                setattr(config, f.name, type(getattr(config, f.name))(value))
-            except ValueError:
-                raise ServiceError(
-                    f"service setting {f.name}={value!r} is not a {type(getattr(config, f.name)).__name__}: fix the "
-                    f"flag, ${ENV_PREFIX}{f.name.upper()} or [service] {f.name} in {CONFIG_FILE}."
-                ) from None
-        # The flag's range does not bound the environment or the file: a batch the contract refuses
-        # would otherwise be found only by the relayer, with the items already acknowledged.
-        if not 1 <= config.batch_size <= MAX_BATCH_SIZE:
-            raise ServiceError(
-                f"service setting batch_size={config.batch_size} is outside 1..{MAX_BATCH_SIZE} (the contract takes "
-                f"at most {MAX_BATCH_SIZE} interactions a transaction): fix the flag, ${ENV_PREFIX}BATCH_SIZE or "
-                f"[service] batch_size in {CONFIG_FILE}."
-            )
+            setattr(config, f.name, _setting(f.name, value, type(getattr(config, f.name)), source))
         return config
+
+
+# Bounds of the integer settings; the flags have the same, but the environment and the file do not.
+INTEGER_RANGES = {
+    "port": (1, 65535),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "confirmations": (0, 1_000),
+    "queue_cap": (1, 10**9),
+    "max_body_bytes": (1, 2**40),
+    "max_items": (1, 10**7),
+}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _setting(name: str, value: Any, kind: type, source: str) -> Any:
+    """`value` of setting `name` as `kind`, or a ServiceError that names where it came from."""
+    fix = f"fix {source}"
+    if kind is int:
+        # bool is an int in Python and 1.9 would truncate to 1: only whole numbers are taken.
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ServiceError(f"service setting {name}={value!r} is not a whole number: {fix}.")
+        low, high = INTEGER_RANGES.get(name, (0, 2**63))
+        if not low <= value <= high:
+            extra = (
+                f" (the contract takes at most {MAX_BATCH_SIZE} interactions a transaction)"
+                if name == "batch_size"
+                else ""
+            )
+            raise ServiceError(f"service setting {name}={value} is outside {low}..{high}{extra}: {fix}.")
+        return value
+    if not isinstance(value, str):
+        raise ServiceError(f"service setting {name}={value!r} is not text: {fix} (quote it in TOML).")
+    if name == "log_level" and value.lower() not in LOG_LEVELS:
+        raise ServiceError(f"service setting log_level={value!r} is not one of {', '.join(LOG_LEVELS)}: {fix}.")
+    return value.lower() if name == "log_level" else value
 
 
 def outbox_path(state_dir: Path, config: ServiceConfig) -> Path:
