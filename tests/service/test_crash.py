@@ -74,3 +74,30 @@ def test_node_stopped_and_restarted_under_the_service(service_env: ServiceEnv) -
         service_env.anvil.send_signal(signal.SIGCONT)
     assert {f["status"] for f in server.wait_final(ids, timeout=120).values()} == {"recorded"}
     assert wait_until(lambda: server.get("/healthz").status_code == 200, 30)
+
+
+def test_a_paused_ledger_holds_acknowledged_items_queued_until_it_is_unpaused(service_env: ServiceEnv) -> None:
+    """A pause refuses the relayer, not the items: they must not end `refused` (the clinic's client would
+    drop them), and must be recorded exactly once after the unpause."""
+    env, server = service_env.env, service_env.server
+    clinic = env.institutions[0]
+    first = [e["id"] for e in server.post([env.signed(Kind.SYNC, clinic)]).json()["items"]]
+    server.wait_final(first)
+    env.ledger.pause()
+    items = [env.signed(Kind.SYNC, clinic) for _ in range(5)]
+    answer = server.post(items)
+    assert [e["status"] for e in answer.json()["items"]] == ["queued"] * 5, answer.text
+    ids = [e["id"] for e in answer.json()["items"]]
+    assert wait_until(lambda: server.get("/healthz").json().get("ledger_refusal") is not None, 30)
+    health = server.get("/healthz")
+    assert health.status_code == 503 and "paused" in health.json()["ledger_refusal"], health.text
+    assert {server.get(f"/v1/interactions/{i}").json()["status"] for i in ids} == {"queued"}
+    env.ledger.unpause()
+    finals = server.wait_final(ids, timeout=60)
+    assert {f["status"] for f in finals.values()} == {"recorded"}, finals
+    nonces = {i.interaction.nonce for i in items}
+    recorded = [e for e in chain_events(service_env) if e.institution == clinic.address and e.nonce in nonces]
+    assert sorted(e.nonce for e in recorded) == sorted(nonces)  # each exactly once
+    assert {finals[i]["transaction"] for i in ids} == {e.tx_hash for e in recorded}
+    assert wait_until(lambda: server.get("/healthz").status_code == 200, 30)
+    assert server.get("/healthz").json()["ledger_refusal"] is None

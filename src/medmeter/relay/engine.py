@@ -44,6 +44,11 @@ MAX_ATTEMPTS = 3
 EVENT_LOOKUP_BLOCKS = 100_000
 LOCK_WAIT_NOTICE_SECONDS = 0.5
 
+# Refusals about the relayer's standing, not about any item: every batch would get the same one, and
+# each item is recorded once the cause is gone (the ledger unpaused, the relayer role granted). The
+# first one found ends the run for every item left, without a dry run each.
+LEDGER_HALTS = frozenset({"EnforcedPause", "AccessControlUnauthorizedAccount"})
+
 NONCE_CONFLICT = "NonceConflict"
 NONCE_USED = "NonceAlreadyUsed"
 
@@ -54,6 +59,8 @@ class Rejection:
     item: SignedInteraction
     reason: str
     error_name: str
+    # True for a LEDGER_HALTS refusal: the item is fine; relay it again once the cause is gone.
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -406,8 +413,8 @@ class _Relay:
 
     # ----------------------------------------------------------- outcomes
 
-    def _reject(self, index: int, reason: str, error_name: str) -> None:
-        rejection = Rejection(index, self.items[index], reason, error_name)
+    def _reject(self, index: int, reason: str, error_name: str, *, held: bool = False) -> None:
+        rejection = Rejection(index, self.items[index], reason, error_name, held)
         self.report.rejected.append(rejection)
         self.listener.refused(rejection)
         self.progress(1)
@@ -510,12 +517,23 @@ class _Relay:
                         self._reject(index, "the batch's dry run kept failing while each prefix passed.", "Unknown")
                     return
                 failed, error = failure
+                if error.error_name in LEDGER_HALTS:
+                    self._halt(indices, error)
+                    return
                 index = indices.pop(failed)
                 self._refused_on_dry_run(index, error)
                 continue
             self.in_flight.append((tx_hash, indices))
             self.listener.sent(tx_hash, indices)
             return
+
+    def _halt(self, indices: list[int], error: LedgerRevertError) -> None:
+        """The ledger refuses the relayer itself: this batch and every item left are held, not refused."""
+        reason = f"{error} Not recorded yet, and nothing is wrong with the item: relay it again once that is done."
+        held = [*indices, *self.pending]
+        self.pending.clear()
+        for index in held:
+            self._reject(index, reason, error.error_name, held=True)
 
     def _refused_on_dry_run(self, index: int, error: LedgerRevertError) -> None:
         if error.error_name == NONCE_USED:

@@ -295,7 +295,7 @@ class Service:
             node_ok, head_number, head_age = False, None, None
             health.node_error = health.node_error or str(exc)
         relayer_alive = self.relayer.alive
-        ok = node_ok and relayer_alive and health.node_ok
+        ok = node_ok and relayer_alive and health.node_ok and health.ledger_refusal is None
         self.metrics.outbox_depth.set(depth)
         self.metrics.oldest_queued_age.set(time.time() - oldest if oldest else 0)
         return (200 if ok else 503), {
@@ -303,6 +303,7 @@ class Service:
             "node_reachable": node_ok,
             "node_error": None if ok else health.node_error,
             "relayer_alive": relayer_alive,
+            "ledger_refusal": health.ledger_refusal,
             "outbox_depth": depth,
             "outbox": counts,
             "oldest_queued_age_seconds": round(time.time() - oldest, 3) if oldest else 0,

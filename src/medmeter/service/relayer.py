@@ -36,6 +36,7 @@ IDLE_POLL_SECONDS = 0.02
 # cheaper per item (and as many fewer transactions) whenever items trickle in.
 BATCH_LINGER_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 5.0
+HELD_RETRY_SECONDS = 2.0
 FINAL_STATUS = {"InteractionExpired": "expired"}
 # Parsed items kept in memory between intake and relaying (about 1 KB each).
 PARSED_CACHE_ITEMS = 200_000
@@ -49,6 +50,8 @@ class Health:
     head_block: int | None = None
     head_timestamp: int | None = None
     reconciled: bool = False
+    # Why the ledger refuses the relayer's batches (paused, role revoked), while it does; items wait.
+    ledger_refusal: str | None = None
 
 
 class _OutboxListener:
@@ -61,6 +64,7 @@ class _OutboxListener:
         self.rows = rows
         self.metrics = metrics
         self.forget = forget or (lambda _ids: None)
+        self.held: str | None = None
 
     def sent(self, tx_hash: str, indices: list[int]) -> None:
         self.outbox.mark_sent([self.rows[i].id for i in indices], tx_hash)
@@ -77,6 +81,11 @@ class _OutboxListener:
             self.metrics.post_to_recorded.observe(max(0.0, now - self.rows[entry.index].accepted_at))
 
     def refused(self, rejection: Rejection) -> None:
+        if rejection.held:
+            # The ledger refuses the relayer (paused, role revoked): the item stays queued, acknowledged
+            # as it was, and is relayed once the cause is gone.
+            self.held = rejection.reason
+            return
         status = FINAL_STATUS.get(rejection.error_name, "refused")
         self.outbox.mark_final([(self.rows[rejection.index].id, status, rejection.error_name, rejection.reason)])
         self.forget([self.rows[rejection.index].id])
@@ -190,15 +199,24 @@ class Relayer:
             self._stop.wait(self.linger)
             rows = self.outbox.next_queued(self.chunk)
         items = self._items(rows)
+        listener = _OutboxListener(self.outbox, rows, self.metrics, self.forget)
         engine.relay(
             self.ledger,
             items,
             batch_size=self.batch_size,
-            listener=_OutboxListener(self.outbox, rows, self.metrics, self.forget),
+            listener=listener,
             confirmations=self.confirmations,
             notice=lambda message: log.warning("relayer: %s", message),
             attempts={i: row.attempts for i, row in enumerate(rows)},
         )
+        if listener.held != self.health.ledger_refusal:
+            if listener.held:
+                log.warning("relayer: the ledger refuses the relayer, items wait: %s", listener.held)
+            else:
+                log.warning("relayer: the ledger takes the relayer's batches again")
+        self.health.ledger_refusal = listener.held
+        if listener.held:
+            self._stop.wait(HELD_RETRY_SECONDS)  # one dry run every few seconds until the cause is gone
         return True
 
     def _observe_head(self) -> None:
