@@ -184,6 +184,7 @@ def detach(args: list[str], state_dir: Path, url: str, env: dict[str, str] | Non
     log = state_dir / "service" / "service.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
+        start = handle.tell()  # the log is kept across runs: a failure quotes this run's lines only
         process = subprocess.Popen(
             [sys.executable, "-c", "from medmeter.cli import main; main()", *args],
             stdout=handle,
@@ -196,7 +197,9 @@ def detach(args: list[str], state_dir: Path, url: str, env: dict[str, str] | Non
         if process.poll() is None:
             process.kill()
             raise ServiceError(f"the service did not answer on {url} within 60 s: see {log}.")
-        last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(nothing logged)"]
+        with log.open("rb") as handle:
+            handle.seek(start)
+            last = handle.read().decode(errors="replace").strip().splitlines()[-1:] or ["(nothing logged)"]
         raise ServiceError(f"the service stopped at start ({last[0]}): see {log}.")
     return process.pid
 
