@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -280,6 +281,16 @@ def test_submit_records_and_an_unreachable_gateway_keeps_items_until_the_next_su
     address = ws.account("clinic-a").address
     assert [ledger.functions.isNonceUsed(address, 50_000 + i).call() for i in range(3)] == [False] * 3
     assert all(service.get(f"/v1/interactions/{i}").status_code == 404 for i in offline_ids)
+
+    # A hung gateway (it takes the connection and never answers) is unreachable too, after --timeout.
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as hung:
+        hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        began = time.monotonic()
+        stalled = run(ws, "submit", "--gateway", hung_url, "--timeout", 1, "--retries", 1, expect=1)
+        elapsed = time.monotonic() - began
+    assert_clean_error(stalled, f"the gateway {hung_url} did not take", "ReadTimeout", "local outbox", exit_code=1)
+    assert elapsed < 15, f"{elapsed:.1f} s"  # two attempts of 1 s and one wait of 0.5 s, plus start-up
+    assert read_items(outbox) == offline
 
     # The gateway answering: `submit` without FILES (as the sentence above advises) sends the outbox.
     flushed = run(ws, "submit", "--gateway", url)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from medmeter.cli.context import session_of
+from medmeter.client import DEFAULT_RETRIES
 from medmeter.contract.facts import MAX_BATCH_SIZE
 
 
@@ -130,15 +131,34 @@ def serve_status(ctx: click.Context) -> None:
     show_default=True,
     help="Local file that keeps what the gateway has not answered for yet.",
 )
-def submit(files: tuple[Path, ...], gateway: str, outbox: Path) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the gateway's answer to one request (a hung gateway counts as unreachable).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=DEFAULT_RETRIES,
+    show_default=True,
+    help="Attempts after the first, waiting 0.5 s, 1 s, 2 s … between them (or the gateway's Retry-After).",
+)
+def submit(files: tuple[Path, ...], gateway: str, outbox: Path, timeout: float, retries: int) -> None:
     """Post signed interactions from FILES to the platform (institution side), with retries; what
     cannot be delivered stays in --outbox and is sent by the next `submit` (with or without FILES).
-    Exits 3 if any was refused."""
+    Exits 3 if any was refused.
+
+    \b
+    Example:
+      medmeter submit --gateway http://127.0.0.1:8700 signed.jsonl
+      medmeter submit --gateway http://127.0.0.1:8700        # send what the outbox still holds"""
     from medmeter.client import Client
     from medmeter.signing.interaction import read_signed
 
     items = [item for path in files for item in read_signed(path)]
-    answers = Client(gateway, outbox).submit(items)
+    answers = Client(gateway, outbox, retries=retries, timeout=timeout).submit(items)
     counts: dict[str, int] = {}
     for answer in answers:
         counts[answer["status"]] = counts.get(answer["status"], 0) + 1
