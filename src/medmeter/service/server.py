@@ -19,6 +19,11 @@ from medmeter.contract.facts import MAX_BATCH_SIZE
 from medmeter.errors import ServiceError
 
 ENV_PREFIX = "MEDMETER_SERVICE_"
+# Intake and the relayer share one interpreter; switching threads every 1 ms instead of Python's 5 ms
+# keeps a POST from waiting behind the relayer's decoding of a settled batch. Measured with
+# bench/service_bench.py (30,000 + 60,000 paced at 3,000/s, three runs each): acknowledged 3,944-4,090/s
+# against 3,758-3,831/s, paced p99 87-99 ms against 88-115 ms.
+GIL_SWITCH_INTERVAL_SECONDS = 0.001
 CONFIG_FILE = "medmeter.toml"
 
 
@@ -120,6 +125,7 @@ def run(session: Any, config: ServiceConfig) -> None:
     from medmeter.service.outbox import Outbox
     from medmeter.service.relayer import Relayer
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ledger = session.ledger()
     state_dir = session.workspace.state_dir
