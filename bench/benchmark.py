@@ -49,6 +49,9 @@ CONSENT_DEADLINE = 2**40
 INSTITUTIONS = 10
 CREDIT_LINE = 10**9
 WINDOW = 5_000
+# The states a full node keeps (geth's default); anvil keeps every block's by default, an archive node.
+# Measured at 1,000,000 interactions: 5,034/s full against 3,077/s archive.
+FULL_NODE_STATES = 128
 # Explicit mining: how often the sealer looks at the pool, and a block gas limit that holds every
 # batch the relay keeps in flight (each asks for batch_gas_limit(MAX_BATCH_SIZE) gas).
 SEAL_INTERVAL_SECONDS = 0.01
@@ -127,15 +130,19 @@ class BlockSealer:
         self._thread.join(timeout=10)
 
 
-def start_chain(workspace: Workspace, mining: str = "auto") -> BenchChain:
+def start_chain(workspace: Workspace, mining: str = "auto", state: str = "full") -> BenchChain:
     """anvil on a free port: `auto` mines one block per transaction (anvil's default); `explicit`
-    runs it with --no-mining and a BlockSealer, with a block gas limit that holds MAX_IN_FLIGHT batches."""
+    runs it with --no-mining and a BlockSealer, with a block gas limit that holds MAX_IN_FLIGHT batches.
+    `state`: "full" keeps the state of the last FULL_NODE_STATES blocks, as a geth full node does;
+    "archive" keeps every block's (anvil's default, as the devnet runs), writing old ones to disk."""
     port = devnet.free_port(0)
     command = [*devnet.anvil_command(workspace, port, None)]
     command[command.index("--chain-id") + 1] = str(BENCH_CHAIN_ID)
     if mining == "explicit":
         command[command.index("--gas-limit") + 1] = str(EXPLICIT_BLOCK_GAS_LIMIT)
         command.append("--no-mining")
+    if state == "full":
+        command.extend(["--prune-history", str(FULL_NODE_STATES)])
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rpc_url = f"http://127.0.0.1:{port}"
     if not wait_until(lambda: devnet.rpc_ready(rpc_url), 60):
@@ -286,10 +293,11 @@ def run(
     naive_count: int = NAIVE_INTERACTIONS,
     seed: int = 1,
     mining: str = "auto",
+    state: str = "full",
 ) -> dict[str, Any]:
     artifact = compile_ledger(root)
     workspace = bench_workspace(root, root.root / "bench" / "work")
-    chain = start_chain(workspace, mining)
+    chain = start_chain(workspace, mining, state)
     try:
         echo("gas (deterministic scenario, bench/gas-snapshot.json has the full table):")
         gas = measure_gas(chain.w3, artifact)
@@ -303,6 +311,7 @@ def run(
             "gas_single_interaction": gas["recordInteraction_sync"],
             "gas": gas,
             "mining": mining,
+            "node_state": state,
             "sizes": {},
         }
         largest = None

@@ -24,9 +24,15 @@ def main() -> None:
         default="auto",
         help="explicit: anvil --no-mining, sealed by the benchmark; auto: one block per transaction.",
     )
+    parser.add_argument(
+        "--state",
+        choices=("full", "archive"),
+        default="full",
+        help="full: anvil keeps the last 128 blocks' state, as a geth full node; archive: every block's (the devnet).",
+    )
     args = parser.parse_args()
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
-    run(Workspace.locate(), sizes, args.out, print, naive_count=args.naive, mining=args.mining)
+    run(Workspace.locate(), sizes, args.out, print, naive_count=args.naive, mining=args.mining, state=args.state)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ class ContractExecutionError(MedmeterError):
     """The node ran the ledger's code and it failed (a revert, an invalid opcode): not a node outage."""
 
 
+class HistoricalStateError(MedmeterError):
+    """The node no longer keeps the state of a past block a command reads (a pruned, non-archive node)."""
+
+
 class TransactionStuckError(MedmeterError):
     """A transaction was not mined despite rebroadcasts and fee-bumped replacements."""
 

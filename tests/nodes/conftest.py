@@ -1,7 +1,8 @@
 """The node matrix: each kind of node medmeter is run against, started on a free port by a fixture.
 
 anvil in three mining modes (automine, one block a second, no mining with blocks mined by a
-background thread), Ganache 7.9.2 (newest hardfork shanghai) and a Hardhat 3 (EDR) node on the
+background thread) and as a full node that keeps the state of the last 128 blocks only, Ganache 7.9.2
+(newest hardfork shanghai) and a Hardhat 3 (EDR) node on the
 Node 22 runtime that `make install` puts under tools/hardhat/. Every node is a real process; nothing
 is mocked. A module-scoped node serves each of its tests; each test deploys its own ledger.
 """
@@ -45,6 +46,7 @@ class NodeKind:
     funding_method: str  # what medmeter.chain.deployment.fund_account must use on it
     explicit_mining: bool = False
     interval_mined: bool = False  # pending == latest between blocks (the Besu-like case)
+    keeps_states: int | None = None  # a full node: the state of only the last N blocks (None: archive)
     installed: Callable[[], bool] = lambda: True
     install_hint: str = ""
 
@@ -112,6 +114,8 @@ NODE_KINDS: dict[str, NodeKind] = {
         NodeKind("anvil-automine", _anvil(), "cancun", "anvil_setBalance"),
         NodeKind("anvil-block-time-1", _anvil("--block-time", "1"), "cancun", "anvil_setBalance", interval_mined=True),
         NodeKind("anvil-no-mining", _anvil("--no-mining"), "cancun", "anvil_setBalance", explicit_mining=True),
+        # As a geth full node keeps state: the last 128 blocks, older ones pruned.
+        NodeKind("anvil-pruned-128", _anvil("--prune-history", "128"), "cancun", "anvil_setBalance", keeps_states=128),
         NodeKind(
             "ganache-7.9.2",
             _ganache,

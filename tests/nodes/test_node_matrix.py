@@ -197,6 +197,15 @@ def test_full_flow(ws: NodeWorkspace, node: RunningNode, tmp_path: Path) -> None
     )
     if node.kind.explicit_mining:
         assert node.mined_by_thread > 0
+    if node.kind.keeps_states is not None:
+        # Once the period's blocks are older than the node keeps state for, reading the closing balances
+        # again cannot work here: the user is told to use an archive node, not to wait for this one.
+        w3.provider.make_request("anvil_mine", [hex(node.kind.keeps_states + 10)])  # type: ignore[arg-type]
+        again = ws.run(
+            "statement", "--institution", "clinic-b", "--period", period, "-o", tmp_path / "again.json", expect=1
+        )
+        line = assert_clean_error(again, "no longer keeps the state of a past block", "archive node", exit_code=1)
+        assert "once the node answers" not in line, line
 
 
 def test_operator_funding(node: RunningNode) -> None:

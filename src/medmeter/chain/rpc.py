@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from web3.types import RPCEndpoint, TxReceipt
 
 from medmeter.errors import (
     ContractExecutionError,
+    HistoricalStateError,
     MedmeterError,
     ReorgedError,
     RpcUnavailableError,
@@ -149,6 +151,39 @@ def execution_failure(exc: BaseException) -> MedmeterError | None:
     )
 
 
+# How nodes say the state of a past block is gone: geth ("missing trie node", "historical state … is not
+# available", "required historical state unavailable"), and others in like words. anvil --prune-history
+# says "BlockOutOfRangeError: block height is H but requested was R" with R < H (R > H is a future block).
+PRUNED_STATE_MARKERS = (
+    "missing trie node",
+    "historical state",
+    "state unavailable",
+    "state not available",
+    "state is not available",
+    "pruned",
+)
+_ANVIL_OUT_OF_RANGE = re.compile(r"block height is (\d+) but requested was (\d+)")
+
+
+def historical_state_failure(exc: BaseException) -> HistoricalStateError | None:
+    """The node answered that it keeps no state for the block asked about, as a sentence that says
+    which node would answer (an archive node) instead of advising to wait; None for anything else."""
+    if not isinstance(exc, Web3RPCError):
+        return None
+    message = _rpc_message(exc)
+    lowered = message.lower()
+    out_of_range = _ANVIL_OUT_OF_RANGE.search(lowered)
+    pruned = out_of_range is not None and int(out_of_range.group(2)) < int(out_of_range.group(1))
+    if not pruned and not any(marker in lowered for marker in PRUNED_STATE_MARKERS):
+        return None
+    return HistoricalStateError(
+        f"the node no longer keeps the state of a past block this command reads ({message}): it prunes old "
+        "state, as full nodes do (geth keeps the last 128 blocks). Run the command against an archive node "
+        "(geth --gcmode=archive, anvil without --prune-history) with --rpc-url; running it again on this node "
+        "will not help."
+    )
+
+
 def rpc_failure(exc: BaseException) -> MedmeterError | None:
     """A failure of the JSON-RPC transport or an error answer from the node, in the middle of a
     command, as a sentence that says what to do; None for any other exception.
@@ -161,6 +196,8 @@ def rpc_failure(exc: BaseException) -> MedmeterError | None:
     )
     if (failure := execution_failure(exc)) is not None:
         return failure
+    if (pruned := historical_state_failure(exc)) is not None:
+        return pruned
     if isinstance(exc, requests.RequestException):
         url = exc.request.url if exc.request is not None else "the JSON-RPC endpoint"
         return RpcUnavailableError(
