@@ -101,6 +101,10 @@ def install_solcx_shim(workspace: Workspace, target_dir: Path | None = None) -> 
         "fi\n"
         f'exec "{node_executable()}" "{driver}" "$@"\n'
     )
-    write_atomic(shim, script)  # atomic: a brownie compile in another shell never runs half a script
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    executable = stat.S_IRWXU | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH
+    if shim.is_file() and shim.read_text() == script and os.access(shim, os.X_OK):
+        return shim  # every compile installs it; another process may be running it right now
+    # Atomic and executable before it appears: a compile in another process never runs half a script,
+    # nor finds it without its execute bit (the test suite's workers compile side by side).
+    write_atomic(shim, script, mode=executable)
     return shim
