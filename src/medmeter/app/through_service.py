@@ -20,6 +20,7 @@ from medmeter.signing.wallets import PASSWORD_ENV
 from medmeter.toolchain.devnet import free_port
 
 # The service's documented default port; another free one is taken when it is busy.
+PORT_ATTEMPTS = 3
 PREFERRED_SERVICE_PORT = 8700
 # Seconds the demo waits for the outbox to move before it gives up and points at the service's log.
 STALL_SECONDS = 60.0
@@ -58,20 +59,30 @@ def start_service(session: Session, *, relayer_wallet: str, batch_size: int) -> 
     """Start a detached `medmeter serve` on this session's node and ledger, relaying with keystore
     `relayer_wallet` (it holds the relayer role), with an outbox of its own for this ledger."""
     state_dir = session.workspace.state_dir
-    port = free_port(PREFERRED_SERVICE_PORT)
     outbox = demo_outbox(session)
-    args = ["--rpc-url", session.rpc_url, "--operator", relayer_wallet]
-    if session.deployment_file is not None:
-        args += ["--deployment", str(session.deployment_file)]
-    # Explicit, so a user's MEDMETER_SERVICE_* or medmeter.toml (another host, confirmations an automining
-    # devnet never reaches) does not change the demo's service.
-    args += ["serve", "--host", "127.0.0.1", "--port", str(port), "--outbox", str(outbox)]
-    args += ["--batch-size", str(batch_size), "--confirmations", "0"]
     # The detached service cannot prompt: hand it the password this run already has.
     env = {**os.environ, PASSWORD_ENV: session.keystores.password(relayer_wallet)}
-    url = f"http://127.0.0.1:{port}"
-    server.detach(args, state_dir, url, env=env)
-    return url
+    preferred = PREFERRED_SERVICE_PORT
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port(preferred)
+        args = ["--rpc-url", session.rpc_url, "--operator", relayer_wallet]
+        if session.deployment_file is not None:
+            args += ["--deployment", str(session.deployment_file)]
+        # Explicit, so a user's MEDMETER_SERVICE_* or medmeter.toml (another host, confirmations an
+        # automining devnet never reaches) does not change the demo's service.
+        args += ["serve", "--host", "127.0.0.1", "--port", str(port), "--outbox", str(outbox)]
+        args += ["--batch-size", str(batch_size), "--confirmations", "0"]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            server.detach(args, state_dir, url, env=env, ledger=session.deployment.address)
+            return url
+        except ServiceError:
+            # Another program took the port between the check and the bind (two demos side by side):
+            # take another. Any other failure is the service's own and is said as it is.
+            if attempt == PORT_ATTEMPTS or free_port(port) == port:
+                raise
+            preferred = 0
+    raise AssertionError("unreachable")
 
 
 def relay_through_service(

@@ -168,8 +168,14 @@ def read_info(state_dir: Path) -> dict[str, Any] | None:
     return info
 
 
-def wait_ready(url: str, timeout: float = 60, process: subprocess.Popen[bytes] | None = None) -> bool:
-    """True once `url`/healthz answers; False after `timeout` or as soon as `process` has exited."""
+def wait_ready(
+    url: str, timeout: float = 60, process: subprocess.Popen[bytes] | None = None, ledger: str | None = None
+) -> bool:
+    """True once `url`/healthz answers (for `ledger`, if given); False after `timeout` or as soon as
+    `process` has exited.
+
+    With `ledger`, an answer from a service of another ledger does not count: another service that
+    took the port between the check that it was free and our bind would otherwise pass for ours."""
     import requests
 
     deadline = time.monotonic() + timeout
@@ -177,16 +183,27 @@ def wait_ready(url: str, timeout: float = 60, process: subprocess.Popen[bytes] |
         if process is not None and process.poll() is not None:
             return False
         try:
-            requests.get(url + "/healthz", timeout=2)
-            return True
+            answer = requests.get(url + "/healthz", timeout=2)
         except requests.RequestException:
             time.sleep(0.1)
+            continue
+        if ledger is None:
+            return True
+        try:
+            served = answer.json().get("ledger")
+        except ValueError:
+            served = None
+        if isinstance(served, str) and served.lower() == ledger.lower():
+            return True
+        time.sleep(0.1)  # not ours: ours either binds elsewhere never, and exits, or is still starting
     return False
 
 
-def detach(args: list[str], state_dir: Path, url: str, env: dict[str, str] | None = None) -> int:
+def detach(
+    args: list[str], state_dir: Path, url: str, env: dict[str, str] | None = None, ledger: str | None = None
+) -> int:
     """Start `medmeter serve ARGS` in the background (with `env`, else this process's environment),
-    logging to .medmeter/service/service.log."""
+    logging to .medmeter/service/service.log; ready when /healthz answers (naming `ledger`, if given)."""
     log = state_dir / "service" / "service.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
@@ -199,7 +216,7 @@ def detach(args: list[str], state_dir: Path, url: str, env: dict[str, str] | Non
             env=env,
             start_new_session=True,
         )
-    if not wait_ready(url, process=process):
+    if not wait_ready(url, process=process, ledger=ledger):
         if process.poll() is None:
             process.kill()
             raise ServiceError(f"the service did not answer on {url} within 60 s: see {log}.")

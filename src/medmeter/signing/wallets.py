@@ -86,8 +86,7 @@ class KeystoreDirectory:
             raise WalletError(f"keystore {path} already exists: pick another name or remove it first.")
         account = Account.from_key(private_key) if private_key else Account.create()
         keystore = Account.encrypt(account.key, self.password(name), kdf="scrypt", iterations=self.scrypt_n)
-        write_atomic(path, json.dumps(keystore))
-        path.chmod(0o600)
+        write_atomic(path, json.dumps(keystore), mode=0o600)  # owner-only from the moment it exists
         self._unlocked[name] = account
         return account.address
 
