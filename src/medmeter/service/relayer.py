@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medmeter.chain.ledger import Ledger
+from medmeter.errors import MedmeterError
 from medmeter.relay import engine
 from medmeter.relay.engine import Recorded, Rejection
 from medmeter.service.metrics import Metrics
@@ -156,7 +157,9 @@ class Relayer:
             except Exception as exc:  # the node is down or failing: keep everything queued, retry
                 from medmeter.chain.rpc import rpc_failure
 
-                failure = rpc_failure(exc)
+                # A MedmeterError (a node answering nonceBitmap in the wrong shape, say) is already a
+                # sentence; only an unforeseen exception deserves a traceback in the log.
+                failure = rpc_failure(exc) or (exc if isinstance(exc, MedmeterError) else None)
                 self.health.node_ok = False
                 self.health.node_error = str(failure or exc)
                 self.health.reconciled = False  # sent items of the failed step must be re-checked
